@@ -1,0 +1,3 @@
+from auditkit.cli import app
+
+app(prog_name="auditkit")

@@ -1,0 +1,125 @@
+"""The public audit path: config -> model -> data -> engine -> checks -> results -> report.
+
+The demo and every CLI command call :func:`run_audit`; there is no other way in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+from auditkit import __version__
+from auditkit.checks.base import Check
+from auditkit.checks.clean import CleanAccuracy
+from auditkit.config import AuditConfig
+from auditkit.data import ImageDataset, load_dataset
+from auditkit.engine import Engine, eval_mode
+from auditkit.models import LoadedModel, ModelSpec, load_model, probe_outputs
+from auditkit.report.html import write_report
+from auditkit.results import RunManifest, RunResults, collect_metrics
+
+CHECKS: dict[str, type[Check]] = {"clean": CleanAccuracy}
+
+
+def make_engine(config: AuditConfig) -> Engine:
+    return Engine(
+        device=config.device,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        deterministic=config.deterministic,
+        progress=config.progress,
+    )
+
+
+def load_inputs(config: AuditConfig, engine: Engine) -> tuple[LoadedModel, ImageDataset, list[str]]:
+    """Load the model and the data, check the model's output convention on the first batch."""
+    spec = ModelSpec(
+        arch=config.arch,
+        num_classes=config.num_classes,
+        input_size=config.input_size,
+        channels=config.channels,
+        mean=config.mean,
+        std=config.std,
+    )
+    loaded = load_model(config.model, spec=spec, trust=config.trust_model)
+    s = loaded.spec
+    data = load_dataset(
+        config.data,
+        class_names=s.class_names,
+        num_classes=s.num_classes,
+        image_size=s.input_size,
+        channels=s.channels,
+        limit=config.limit,
+        sample=config.sample,
+        seed=config.seed,
+        max_bad_fraction=config.max_bad_fraction,
+        track=engine.track,
+    )
+    engine.to_device(loaded.model)
+    probe = engine.batch(data, 0, min(len(data), 8))
+    with eval_mode(loaded.model):
+        n_out, warnings = probe_outputs(loaded.model, probe.x, data.num_classes)
+    if n_out > data.num_classes:
+        extra = tuple(f"output {i}" for i in range(data.num_classes, n_out))
+        data = dataclasses.replace(data, class_names=data.class_names + extra)
+    return loaded, data, warnings
+
+
+def run_audit(config: AuditConfig, *, engine: Engine | None = None) -> RunResults:
+    """Run the configured checks and return typed results (nothing is written)."""
+    engine = engine or make_engine(config)
+    engine.seed_everything()
+    started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    timings: list[tuple[str, float]] = []
+    t0 = time.perf_counter()
+    loaded, data, warnings = load_inputs(config, engine)
+    timings.append(("load", time.perf_counter() - t0))
+    t1 = time.perf_counter()
+    engine.predict(loaded.model, data)
+    timings.append(("clean_pass", time.perf_counter() - t1))
+    results = []
+    for name in config.checks:
+        t = time.perf_counter()
+        results.append(CHECKS[name]().run(loaded.model, data, engine=engine))
+        timings.append((name, time.perf_counter() - t))
+    checks = tuple(results)
+    manifest = RunManifest(
+        auditkit_version=__version__,
+        torch_version=torch.__version__,
+        torchvision_version=torchvision.__version__,
+        python_version=platform.python_version(),
+        device=str(engine.device),
+        seed=config.seed,
+        deterministic=config.deterministic,
+        batch_size=config.batch_size,
+        model_path=str(loaded.path),
+        model_format=loaded.format,
+        model_sha256=loaded.sha256,
+        model_arch=loaded.spec.arch or "(stored in the file)",
+        data_path=data.source,
+        data_format=data.format,
+        data_sha256=data.sha256,
+        num_samples=len(data),
+        skipped_files=data.skipped,
+        class_names=data.class_names,
+        config=config.as_pairs(),
+        started_at=started,
+        timings=tuple((k, round(v, 4)) for k, v in timings),
+        warnings=tuple(warnings),
+        notes=data.notes,
+    )
+    return RunResults(manifest=manifest, checks=checks, metrics=collect_metrics(checks))
+
+
+def write_outputs(results: RunResults, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``index.html`` into ``out_dir`` (each atomically)."""
+    out = Path(out_dir)
+    json_path = results.write(out / "results.json")
+    html_path = write_report(results, out / "index.html")
+    return json_path, html_path

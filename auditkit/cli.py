@@ -1,0 +1,208 @@
+"""The ``auditkit`` command line: parse -> config -> one library call -> print -> exit code.
+
+Every expected failure is an :class:`AuditkitError` and becomes a one-line message on stderr
+and its exit code (docs/exit-codes.md); no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from auditkit.exceptions import AuditkitError, ConfigError, NotBuiltError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="auditkit",
+    help="Robustness and fairness audits for trained image classifiers (PyTorch CNNs).\n\n"
+    "Exit codes: 0 ok, 1 a gate failed, 2 usage/config error, 3 could not complete, "
+    "4 untrusted model refused, 130 interrupted.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"auditkit: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn auditkit errors and Ctrl-C into a one-line message and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AuditkitError as exc:
+            raise _fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted; files already written were kept", 130) from None
+        except MemoryError:
+            raise _fail("out of memory; lower --batch-size or use --limit/--sample", 3) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- shared options
+ModelArg = Annotated[str | None, typer.Argument(help="Model file or folder (safetensors, state_dict .pt, TorchScript, .pt2, pickled module).", show_default=False)]  # noqa: E501
+DataArg = Annotated[str | None, typer.Argument(help="Dataset: image folder, CSV manifest (path,label,...), .npz, or 'digits'.", show_default=False)]  # noqa: E501
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="auditkit.toml with the same keys as these flags; flags win.", show_default=False)]  # noqa: E501
+ArchOpt = Annotated[str | None, typer.Option(help="Architecture for weights-only files: torchvision:<name>, auditkit.zoo:<name> or package.module:factory.", show_default=False)]  # noqa: E501
+NumClassesOpt = Annotated[int | None, typer.Option(help="Number of outputs to build the architecture with.", show_default=False)]  # noqa: E501
+InputSizeOpt = Annotated[tuple[int, int] | None, typer.Option(help="Model input size H W; images are resized to it.", show_default=False)]  # noqa: E501
+ChannelsOpt = Annotated[int | None, typer.Option(help="Input channels the model expects (1 or 3).", show_default=False)]
+MeanOpt = Annotated[str | None, typer.Option(help="Normalisation mean per channel, comma-separated, in [0,1] pixel units (e.g. 0.485,0.456,0.406).", show_default=False)]  # noqa: E501
+StdOpt = Annotated[str | None, typer.Option(help="Normalisation std per channel, comma-separated.", show_default=False)]
+TrustOpt = Annotated[bool | None, typer.Option("--trust-model/--no-trust-model", help="Allow TorchScript, .pt2 and pickled modules, which can run code when loaded.", show_default=False)]  # noqa: E501
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda (or cuda:N) or mps. [default: auto]", show_default=False)]  # noqa: E501
+BatchOpt = Annotated[int | None, typer.Option(help="Batch size (halved automatically on CUDA out-of-memory). [default: 256]", show_default=False)]  # noqa: E501
+SeedOpt = Annotated[int | None, typer.Option(help="Random seed. [default: 0]", show_default=False)]
+DeterministicOpt = Annotated[bool | None, typer.Option("--deterministic/--no-deterministic", help="Use deterministic torch algorithms.", show_default=False)]  # noqa: E501
+LimitOpt = Annotated[int | None, typer.Option(help="Use only the first N samples.", show_default=False)]
+SampleOpt = Annotated[int | None, typer.Option(help="Use a seeded random sample of N samples.", show_default=False)]
+BadOpt = Annotated[float | None, typer.Option(help="Fail (exit 3) when more than this share of image files is unreadable. [default: 0.05]", show_default=False)]  # noqa: E501
+OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Output folder for results.json and index.html. [default: reports/latest]", show_default=False)]  # noqa: E501
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars on a terminal.")]
+
+
+def _floats(name: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--{name} takes comma-separated numbers like 0.485,0.456,0.406, got {text!r}") from None
+
+
+@app.command()
+@handle_errors
+def audit(
+    model: ModelArg = None,
+    data: DataArg = None,
+    config: ConfigOpt = None,
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    input_size: InputSizeOpt = None,
+    channels: ChannelsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    trust_model: TrustOpt = None,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    deterministic: DeterministicOpt = None,
+    limit: LimitOpt = None,
+    sample: SampleOpt = None,
+    max_bad_fraction: BadOpt = None,
+    out: OutOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Audit MODEL on DATA with every built check; write results.json and index.html.
+
+    Built so far: clean accuracy (overall, per class, confusion matrix, errors). The other
+    checks are added here as they are built.
+    """
+    from auditkit.audit import run_audit, write_outputs
+    from auditkit.config import resolve_config
+
+    cfg = resolve_config(
+        {
+            "model": model, "data": data, "arch": arch, "num_classes": num_classes,
+            "input_size": input_size, "channels": channels, "mean": _floats("mean", mean),
+            "std": _floats("std", std), "trust_model": trust_model, "device": device,
+            "batch_size": batch_size, "seed": seed, "deterministic": deterministic, "limit": limit,
+            "sample": sample, "max_bad_fraction": max_bad_fraction, "out": out, "progress": progress,
+        },
+        config,
+    )
+    results = run_audit(cfg)
+    json_path, html_path = write_outputs(results, cfg.out)
+    _print_summary(results, json_path, html_path)
+
+
+def _print_summary(results: Any, json_path: Path, html_path: Path) -> None:
+    from auditkit.report.html import headline
+
+    for check in results.checks:
+        typer.echo(f"{check.kind}: {headline(check)}")
+    for warning in results.manifest.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if results.manifest.skipped_files:
+        typer.echo(f"warning: skipped {len(results.manifest.skipped_files)} unreadable image file(s); see the report", err=True)
+    typer.echo(f"results: {json_path}")
+    typer.echo(f"report:  {html_path}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("reports/demo"),
+    epochs: Annotated[int, typer.Option(help="Training epochs for the demo CNN.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    progress: ProgressOpt = True,
+) -> None:
+    """Train the embedded digits CNN (scikit-learn's load_digits, no download) and audit it.
+
+    Writes the dataset (PNG + CSV manifest with a synthetic 'site' column), the model
+    (safetensors + spec) and the report under --out.
+    """
+    from auditkit.demo import run_demo
+
+    if epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+    result = run_demo(out, seed=seed, epochs=epochs, device=device, progress=progress)
+    last = result.training[-1]
+    typer.echo(f"trained {result.model_path} ({len(result.training)} epochs, final train accuracy {last.accuracy:.1%})")
+    _print_summary(result.results, result.out / "results.json", result.report)
+    typer.echo(f"open it: file://{result.report.resolve()}")
+
+
+@app.command()
+@handle_errors
+def report(
+    results: Annotated[Path, typer.Argument(help="A results.json written by auditkit.", show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file to write. [default: index.html beside RESULTS]", show_default=False)] = None,  # noqa: E501
+) -> None:
+    """Re-render the HTML report from a results.json alone, without re-running anything."""
+    from auditkit.report.html import write_report
+    from auditkit.results import RunResults
+
+    loaded = RunResults.read(results)
+    path = write_report(loaded, out or results.with_name("index.html"))
+    typer.echo(f"report: {path}")
+
+
+def _not_built(name: str, issue: str) -> None:
+    extra = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}
+
+    @app.command(name, help=f"[not built yet] {issue}", **extra)  # type: ignore[arg-type]
+    @handle_errors
+    def _command(ctx: typer.Context) -> None:
+        raise NotBuiltError(f"'auditkit {name}' is not built yet ({issue}); 'auditkit audit' runs the checks that are")
+
+
+for _name, _issue in (
+    ("rotate", "accuracy vs rotation angle, per class; worst-of-k spatial attack"),
+    ("attack", "FGSM/PGD robust-accuracy curves over epsilons"),
+    ("harden", "adversarial training and rotation augmentation"),
+    ("shortcut", "shortcut-learning probes"),
+    ("subgroups", "error breakdown per subgroup and intersection"),
+    ("saliency", "gradient saliency with a sanity check"),
+    ("gate", "CI verdict from results.json and a policy"),
+):
+    _not_built(_name, _issue)
+
+
+def main() -> None:  # pragma: no cover - console entry for ``python -m auditkit``
+    app(prog_name="auditkit")
+    sys.exit(0)

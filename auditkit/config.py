@@ -1,0 +1,157 @@
+"""One resolved, validated configuration: CLI flags > auditkit.toml > defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from auditkit.engine import DEVICES
+from auditkit.exceptions import ConfigError
+
+AVAILABLE_CHECKS: tuple[str, ...] = ("clean",)
+PATH_KEYS = ("model", "data", "out")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """Everything a run needs. Field names are the config-file keys and the CLI flags."""
+
+    model: str
+    data: str
+    arch: str | None = None
+    num_classes: int | None = None
+    input_size: tuple[int, int] | None = None
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    trust_model: bool = False
+    device: str = "auto"
+    batch_size: int = 256
+    seed: int = 0
+    deterministic: bool = False
+    limit: int | None = None
+    sample: int | None = None
+    max_bad_fraction: float = 0.05
+    out: str = "reports/latest"
+    checks: tuple[str, ...] = AVAILABLE_CHECKS
+    progress: bool = True
+
+    def as_pairs(self) -> tuple[tuple[str, str], ...]:
+        """The config as sorted ``(key, repr)`` pairs for the run manifest."""
+        return tuple((f.name, repr(getattr(self, f.name))) for f in dataclasses.fields(self))
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read ``auditkit.toml``; relative paths in it are taken relative to its folder."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    values = {k.replace("-", "_"): v for k, v in doc.items()}
+    for key in PATH_KEYS:
+        if isinstance(values.get(key), str) and values[key] != "digits" and not values[key].startswith("digits:"):
+            candidate = Path(values[key])
+            if not candidate.is_absolute():
+                values[key] = str(path.parent / candidate)
+    return values
+
+
+def _coerce(name: str, value: Any) -> Any:
+    hint = typing.get_type_hints(AuditConfig)[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} must be set")
+    inner = next((a for a in args if a is not type(None)), hint) if optional else hint
+    origin = typing.get_origin(inner)
+    try:
+        if inner is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if inner is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError
+            return value
+        if inner is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError
+            return float(value)
+        if inner is str:
+            if not isinstance(value, (str, Path)):
+                raise TypeError
+            return str(value)
+        if origin is tuple:
+            item_type = typing.get_args(inner)[0]
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise TypeError
+            return tuple(item_type(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {_describe(inner)}, got {value!r}") from None
+    return value
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return f"a list of {typing.get_args(tp)[0].__name__}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def resolve_config(cli: Mapping[str, Any], config_file: Path | None = None) -> AuditConfig:
+    """Merge ``cli`` values (``None`` = not given) over the config file over the defaults."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        file_values = read_config_file(config_file)
+        unknown = sorted(set(file_values) - set(FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {unknown} in {config_file}; allowed: {', '.join(sorted(FIELDS))}"
+            )
+        values.update(file_values)
+    values.update({k: v for k, v in cli.items() if v is not None})
+    for required in ("model", "data"):
+        if not values.get(required):
+            raise ConfigError(f"no {required} given: pass it as an argument or set {required} = \"...\" in auditkit.toml")
+    coerced = {k: _coerce(k, v) for k, v in values.items() if k in FIELDS}
+    config = AuditConfig(**coerced)
+    validate(config)
+    return config
+
+
+def validate(config: AuditConfig) -> None:
+    """Check closed choices and ranges; messages name the parameter, the allowed values and the value."""
+    if config.device.split(":")[0] not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {config.device!r}")
+    if config.batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {config.batch_size}")
+    if config.input_size is not None and (len(config.input_size) != 2 or min(config.input_size) < 1):
+        raise ConfigError(f"input_size must be two positive integers H W, got {config.input_size}")
+    if config.channels not in (None, 1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {config.channels}")
+    for key in ("mean", "std"):
+        val = getattr(config, key)
+        if val is not None and len(val) not in (1, 3):
+            raise ConfigError(f"{key} must have 1 or 3 values (one per channel), got {len(val)}")
+    if config.std is not None and min(config.std) <= 0:
+        raise ConfigError(f"std values must be positive, got {config.std}")
+    if not 0.0 <= config.max_bad_fraction <= 1.0:
+        raise ConfigError(f"max_bad_fraction must be in [0, 1], got {config.max_bad_fraction}")
+    for key in ("limit", "sample", "num_classes"):
+        val = getattr(config, key)
+        if val is not None and val < 1:
+            raise ConfigError(f"{key} must be positive, got {val}")
+    unknown = [c for c in config.checks if c not in AVAILABLE_CHECKS]
+    if unknown:
+        raise ConfigError(f"checks must be among {list(AVAILABLE_CHECKS)} (others are not built yet), got {unknown}")

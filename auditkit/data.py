@@ -1,0 +1,406 @@
+"""Load any image dataset into one in-memory form: uint8 images, labels, metadata columns.
+
+Sources: an ImageFolder directory, a CSV manifest (``path,label`` + metadata columns),
+an ``.npz`` (``x``, ``y`` + optional per-sample arrays) and the builtin ``digits``.
+Bad image files are reported by path and skipped; past ``max_bad_fraction`` the load fails.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from auditkit.exceptions import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+DIGITS_SIZE = 28
+DIGITS_LOW_CONTRAST_SITE = "B"
+
+T = TypeVar("T")
+Tracker = Callable[[Iterable[T], int, str], Iterator[T]]
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A labelled image dataset held in memory.
+
+    ``images``: ``(N, C, H, W)`` uint8; ``labels``: ``(N,)`` int64 class indices into
+    ``class_names``; ``metadata`` maps a column name to ``N`` string values; ``ids`` name each
+    sample (relative path or index) for reports.
+    """
+
+    images: Tensor
+    labels: Tensor
+    class_names: tuple[str, ...]
+    metadata: Mapping[str, tuple[str, ...]]
+    ids: tuple[str, ...]
+    source: str
+    format: str
+    sha256: str
+    skipped: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _no_track(it: Iterable[T], total: int, description: str) -> Iterator[T]:
+    yield from it
+
+
+def digits_split(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """scikit-learn's digits, upsampled to 28x28, split 70/30 (stratified, seeded).
+
+    Each split has ``x`` ``(N, 1, 28, 28)`` uint8, ``y`` ``(N,)`` int64 and ``site`` ``(N,)``:
+    a synthetic acquisition site. Site ``B`` images are low-contrast (grey background, faint
+    strokes) and rare in training (8%) but common in test (30%).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
+    x = x.clamp(0, 1)
+    y = bunch.target.astype(np.int64)
+    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=0.3, stratify=y, random_state=seed)
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, idx, share_b in (("train", np.sort(idx_train), 0.08), ("test", np.sort(idx_test), 0.30)):
+        site = np.where(rng.random(len(idx)) < share_b, DIGITS_LOW_CONTRAST_SITE, "A")
+        imgs = x[torch.from_numpy(idx)].clone()
+        low = torch.from_numpy(site == DIGITS_LOW_CONTRAST_SITE)
+        imgs[low] = 0.3 + 0.3 * imgs[low]
+        out[name] = {
+            "x": (imgs * 255).round().to(torch.uint8).numpy(),
+            "y": y[idx],
+            "site": site.astype(str),
+        }
+    return out
+
+
+def decode_image(path: Path, *, mode: str | None) -> Tensor:
+    """Decode one image file to ``(C, H, W)`` uint8; ``mode`` is ``"L"``, ``"RGB"`` or ``None``.
+
+    Pillow's decompression-bomb warning is escalated to an error.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            target = mode or ("L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
+            converted = img.convert(target)
+    return TF.pil_to_tensor(converted)
+
+
+def _resolve_in(base: Path, raw: str, where: str) -> Path:
+    """Resolve ``raw`` relative to ``base``; reject absolute paths and escapes (``..``, symlinks)."""
+    if not raw:
+        raise DataError(f"{where}: empty path")
+    if Path(raw).is_absolute():
+        raise DataError(f"{where}: absolute path {raw!r} rejected; manifest paths must be relative to its folder")
+    full = (base / raw).resolve()
+    if not full.is_relative_to(base):
+        raise DataError(f"{where}: path {raw!r} escapes the manifest's folder {base}; rejected")
+    return full
+
+
+def _subset(n: int, limit: int | None, sample: int | None, seed: int) -> np.ndarray:
+    idx = np.arange(n)
+    if sample is not None:
+        if sample <= 0:
+            raise ConfigError(f"--sample must be positive, got {sample}")
+        if sample < n:
+            idx = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    if limit is not None:
+        if limit <= 0:
+            raise ConfigError(f"--limit must be positive, got {limit}")
+        idx = idx[:limit]
+    return idx
+
+
+def _map_labels(
+    raw: Sequence[str], class_names: Sequence[str] | None, num_classes: int | None, where: Sequence[str]
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Turn label strings into indices: by the model's class names if known, else by value."""
+    if class_names:
+        lookup = {name: i for i, name in enumerate(class_names)}
+        out = np.empty(len(raw), dtype=np.int64)
+        for i, label in enumerate(raw):
+            if label not in lookup:
+                shown = list(class_names)[:20]
+                raise DataError(f"{where[i]}: label {label!r} is not among the model's classes {shown}")
+            out[i] = lookup[label]
+        return out, tuple(class_names)
+    if raw and all(s.lstrip("-").isdigit() for s in raw):
+        ints = np.array([int(s) for s in raw], dtype=np.int64)
+        k = num_classes if num_classes is not None else int(ints.max()) + 1
+        bad = np.flatnonzero((ints < 0) | (ints >= k))
+        if bad.size:
+            raise DataError(f"{where[bad[0]]}: label {ints[bad[0]]} is not a class index in [0, {k})")
+        return ints, tuple(str(i) for i in range(k))
+    names = tuple(sorted(set(raw)))
+    if num_classes is not None and len(names) > num_classes:
+        raise DataError(f"data has {len(names)} classes {list(names)[:20]} but the model has {num_classes} outputs")
+    lookup = {name: i for i, name in enumerate(names)}
+    return np.array([lookup[s] for s in raw], dtype=np.int64), names
+
+
+def _stack(images: list[Tensor], size: tuple[int, int] | None, channels: int | None) -> Tensor:
+    shapes = {tuple(im.shape[-2:]) for im in images}
+    if size is None and len(shapes) > 1:
+        raise DataError(
+            f"images have {len(shapes)} different sizes (e.g. {sorted(shapes)[:3]}); "
+            "pass --input-size H W to resize them"
+        )
+    chans = {im.shape[0] for im in images}
+    c = channels or (3 if 3 in chans else 1)
+    out = []
+    for im in images:
+        if im.shape[0] != c:
+            im = im.expand(3, -1, -1) if im.shape[0] == 1 else TF.rgb_to_grayscale(im)
+        if size is not None and tuple(im.shape[-2:]) != tuple(size):
+            im = TF.resize(im, list(size), antialias=True)
+        out.append(im)
+    return torch.stack(out).contiguous()
+
+
+def _dataset_hash(images: Tensor, labels: Tensor, metadata: Mapping[str, Sequence[str]]) -> str:
+    digest = hashlib.sha256()
+    digest.update(images.numpy().tobytes())
+    digest.update(labels.numpy().tobytes())
+    for key in sorted(metadata):
+        digest.update(key.encode())
+        digest.update("\x1f".join(metadata[key]).encode())
+    return digest.hexdigest()
+
+
+def _finish(
+    *,
+    images: Tensor,
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    metadata: Mapping[str, Sequence[str]],
+    ids: Sequence[str],
+    source: str,
+    fmt: str,
+    skipped: Sequence[tuple[str, str]] = (),
+    notes: Sequence[str] = (),
+) -> ImageDataset:
+    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    meta = {k: tuple(str(v) for v in vals) for k, vals in metadata.items()}
+    return ImageDataset(
+        images=images,
+        labels=lab,
+        class_names=class_names,
+        metadata=meta,
+        ids=tuple(ids),
+        source=source,
+        format=fmt,
+        sha256=_dataset_hash(images, lab, meta),
+        skipped=tuple(skipped),
+        notes=tuple(notes),
+    )
+
+
+def _decode_files(
+    rows: list[tuple[Path, str, str]],
+    *,
+    mode: str | None,
+    max_bad_fraction: float,
+    track: Tracker[tuple[Path, str, str]],
+) -> tuple[list[Tensor], list[int], list[tuple[str, str]]]:
+    """Decode ``(path, shown_name, where)`` rows; returns images, kept row numbers, skipped."""
+    images: list[Tensor] = []
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for i, (path, shown, _where) in enumerate(track(rows, len(rows), "decoding images")):
+        try:
+            images.append(decode_image(path, mode=mode))
+            kept.append(i)
+        except FileNotFoundError:
+            skipped.append((shown, "file not found"))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            reason = "decompression bomb" if "decompression bomb" in str(exc).lower() else " ".join(str(exc).split())[:160]
+            skipped.append((shown, reason or type(exc).__name__))
+    if rows and len(skipped) / len(rows) > max_bad_fraction:
+        examples = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+        raise DataError(
+            f"{len(skipped)} of {len(rows)} image files could not be read (more than "
+            f"{max_bad_fraction:.0%}); first: {examples}"
+        )
+    if not images:
+        raise DataError("no readable images in the dataset")
+    return images, kept, skipped
+
+
+def load_dataset(
+    source: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    max_bad_fraction: float = 0.05,
+    track: Tracker[tuple[Path, str, str]] = _no_track,
+) -> ImageDataset:
+    """Load ``source``: a folder (ImageFolder), a ``.csv`` manifest, an ``.npz`` or ``digits``.
+
+    ``class_names``/``num_classes`` come from the model so labels are checked against it;
+    ``image_size`` ``(H, W)`` and ``channels`` resize/convert images on load.
+    """
+    if channels not in (None, 1, 3):
+        raise ConfigError(f"--channels must be 1 or 3, got {channels}")
+    src = str(source)
+    if src in ("digits", "digits:test", "digits:train"):
+        split = digits_split(seed=0)["train" if src.endswith("train") else "test"]
+        idx = _subset(len(split["y"]), limit, sample, seed)
+        images = torch.from_numpy(split["x"][idx])
+        if channels == 3 or (image_size is not None and tuple(image_size) != (DIGITS_SIZE, DIGITS_SIZE)):
+            images = _stack(list(images), image_size, channels)
+        labels, names = _map_labels([str(v) for v in split["y"][idx]], class_names, num_classes,
+                                    [f"digits[{i}]" for i in idx])
+        return _finish(
+            images=images, labels=labels, class_names=names, metadata={"site": split["site"][idx].tolist()},
+            ids=[f"digits/{i}" for i in idx], source=src, fmt="builtin",
+            notes=("site is a synthetic attribute: site B images were made low-contrast and are rare in training",),
+        )
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"dataset not found: {path} (give a folder, a .csv manifest, an .npz or 'digits')")
+    mode = {None: None, 1: "L", 3: "RGB"}[channels]
+    if path.is_dir():
+        return _load_image_folder(path, class_names, num_classes, image_size, channels, mode, limit, sample,
+                                  seed, max_bad_fraction, track)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _load_manifest(path, class_names, num_classes, image_size, channels, mode, limit, sample,
+                              seed, max_bad_fraction, track)
+    if suffix == ".npz":
+        return _load_npz(path, class_names, num_classes, image_size, channels, limit, sample, seed)
+    raise DataError(f"cannot tell the format of {path}: expected a folder, a .csv manifest or an .npz")
+
+
+def _load_image_folder(
+    root: Path, class_names: Sequence[str] | None, num_classes: int | None, image_size: tuple[int, int] | None,
+    channels: int | None, mode: str | None, limit: int | None, sample: int | None, seed: int,
+    max_bad_fraction: float, track: Tracker[tuple[Path, str, str]],
+) -> ImageDataset:
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    root = root.resolve()
+    try:
+        folders, folder_index = find_classes(str(root))
+        entries = make_dataset(str(root), folder_index, extensions=IMAGE_EXTENSIONS, allow_empty=True)
+    except (FileNotFoundError, OSError) as exc:
+        raise DataError(f"{root} is not an ImageFolder (one sub-folder per class): {exc}") from exc
+    if not entries:
+        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under the class folders of {root}")
+    entries = [entries[i] for i in _subset(len(entries), limit, sample, seed)]
+    rows = []
+    for file, _ in entries:
+        full = Path(file).resolve()
+        shown = str(Path(file).relative_to(root))
+        if not full.is_relative_to(root):
+            raise DataError(f"{shown}: a symlink that points outside {root}; rejected")
+        rows.append((full, shown, shown))
+    images, kept, skipped = _decode_files(rows, mode=mode, max_bad_fraction=max_bad_fraction, track=track)
+    raw = [folders[entries[i][1]] for i in kept]
+    labels, names = _map_labels(raw, class_names or folders, num_classes, [rows[i][1] for i in kept])
+    return _finish(images=_stack(images, image_size, channels), labels=labels, class_names=names, metadata={},
+                   ids=[rows[i][1] for i in kept], source=str(root), fmt="imagefolder", skipped=skipped)
+
+
+def _load_manifest(
+    path: Path, class_names: Sequence[str] | None, num_classes: int | None, image_size: tuple[int, int] | None,
+    channels: int | None, mode: str | None, limit: int | None, sample: int | None, seed: int,
+    max_bad_fraction: float, track: Tracker[tuple[Path, str, str]],
+) -> ImageDataset:
+    base = path.parent.resolve()
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            fields = list(reader.fieldnames or [])
+            records = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read manifest {path}: {exc}") from exc
+    missing = [c for c in ("path", "label") if c not in fields]
+    if missing:
+        raise DataError(f"manifest {path} lacks column(s) {missing}; it has {fields}. Required: path,label")
+    if not records:
+        raise DataError(f"manifest {path} has no rows")
+    records = [records[i] for i in _subset(len(records), limit, sample, seed)]
+    rows = []
+    for n, rec in enumerate(records):
+        where = f"{path.name} row {n + 2}"
+        raw = (rec.get("path") or "").strip()
+        rows.append((_resolve_in(base, raw, where), raw, where))
+    images, kept, skipped = _decode_files(rows, mode=mode, max_bad_fraction=max_bad_fraction, track=track)
+    raw_labels = [(records[i].get("label") or "").strip() for i in kept]
+    labels, names = _map_labels(raw_labels, class_names, num_classes, [rows[i][2] for i in kept])
+    meta_cols = [c for c in fields if c not in ("path", "label")]
+    metadata = {c: [(records[i].get(c) or "").strip() for i in kept] for c in meta_cols}
+    return _finish(images=_stack(images, image_size, channels), labels=labels, class_names=names,
+                   metadata=metadata, ids=[rows[i][1] for i in kept], source=str(path), fmt="manifest",
+                   skipped=skipped)
+
+
+def _load_npz(
+    path: Path, class_names: Sequence[str] | None, num_classes: int | None, image_size: tuple[int, int] | None,
+    channels: int | None, limit: int | None, sample: int | None, seed: int,
+) -> ImageDataset:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} as .npz (pickled object arrays are not allowed): {exc}") from exc
+    if "x" not in arrays or "y" not in arrays:
+        raise DataError(f"{path} must hold arrays 'x' (images) and 'y' (labels); it has {sorted(arrays)}")
+    x, y = arrays.pop("x"), arrays.pop("y")
+    if len(x) != len(y):
+        raise DataError(f"{path}: x has {len(x)} images but y has {len(y)} labels")
+    stored_names = arrays.pop("class_names", None)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = np.transpose(x, (0, 3, 1, 2))
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise DataError(f"{path}: x has shape {x.shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W)")
+    if x.dtype != np.uint8:
+        xf = x.astype(np.float32)
+        if not np.isfinite(xf).all() or xf.min() < 0 or xf.max() > 1:
+            raise DataError(f"{path}: float images must lie in [0, 1]; got range [{xf.min()}, {xf.max()}]")
+        x = np.round(xf * 255).astype(np.uint8)
+    idx = _subset(len(y), limit, sample, seed)
+    images = torch.from_numpy(np.ascontiguousarray(x[idx]))
+    if channels is not None or image_size is not None:
+        images = _stack(list(images), image_size, channels)
+    names_given = class_names or (tuple(str(s) for s in stored_names) if stored_names is not None else None)
+    y_sel = y[idx]
+    if names_given and np.issubdtype(y_sel.dtype, np.integer):
+        raw = [names_given[int(v)] if 0 <= int(v) < len(names_given) else str(v) for v in y_sel]
+    else:
+        raw = [str(v) for v in y_sel]
+    where = [f"{path.name}[{i}]" for i in idx]
+    labels, names = _map_labels(raw, names_given, num_classes, where)
+    metadata = {k: [str(v) for v in arr[idx]] for k, arr in arrays.items() if arr.ndim == 1 and len(arr) == len(y)}
+    return _finish(images=images, labels=labels, class_names=names, metadata=metadata,
+                   ids=[f"{path.name}[{i}]" for i in idx], source=str(path), fmt="npz")

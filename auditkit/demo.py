@@ -1,0 +1,104 @@
+"""The embedded default: write the digits dataset to disk, train the digits CNN, audit it.
+
+The audit goes through :func:`auditkit.audit.run_audit` on the files written here, exactly
+as a user's model and data would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from auditkit.audit import make_engine, run_audit, write_outputs
+from auditkit.config import AuditConfig
+from auditkit.data import digits_split, load_dataset
+from auditkit.io import atomic_write_bytes, atomic_write_text
+from auditkit.models import AuditModel, ModelSpec, save_model
+from auditkit.results import RunResults
+from auditkit.train import EpochLog, fit
+from auditkit.zoo import digits_cnn
+
+DEMO_ARCH = "auditkit.zoo:digits_cnn"
+
+
+@dataclass(frozen=True)
+class DemoOutput:
+    """Where the demo wrote things, the training log and the audit results."""
+
+    out: Path
+    model_path: Path
+    train_manifest: Path
+    test_manifest: Path
+    report: Path
+    results: RunResults
+    training: tuple[EpochLog, ...]
+
+
+def write_digits_dataset(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
+    """Write the digits train/test splits as PNG files + CSV manifests (``path,label,site``)."""
+    manifests = []
+    for split, arrays in digits_split(seed=seed).items():
+        rows = io.StringIO()
+        writer = csv.writer(rows, lineterminator="\n")
+        writer.writerow(["path", "label", "site"])
+        for i, (img, label, site) in enumerate(zip(arrays["x"], arrays["y"], arrays["site"], strict=True)):
+            rel = f"images/{split}/{i:05d}.png"
+            buf = io.BytesIO()
+            Image.fromarray(np.asarray(img[0]), mode="L").save(buf, format="PNG")
+            atomic_write_bytes(root / rel, buf.getvalue())
+            writer.writerow([rel, int(label), site])
+        manifest = root / f"{split}.csv"
+        atomic_write_text(manifest, rows.getvalue())
+        manifests.append(manifest)
+    return manifests[0], manifests[1]
+
+
+def train_digits_model(
+    train_manifest: Path, model_path: Path, *, seed: int = 0, epochs: int = 8, device: str = "auto", progress: bool = True
+) -> tuple[Path, list[EpochLog]]:
+    """Train the demo CNN on ``train_manifest`` and save it as safetensors + spec."""
+    engine = make_engine(AuditConfig(model=str(model_path), data=str(train_manifest), device=device, seed=seed,
+                                     batch_size=64, progress=progress))
+    engine.seed_everything()
+    data = load_dataset(train_manifest, channels=1, image_size=(28, 28), track=engine.track)
+    pixels = data.images.float() / 255
+    spec = ModelSpec(
+        arch=DEMO_ARCH,
+        num_classes=data.num_classes,
+        input_size=(28, 28),
+        channels=1,
+        mean=(round(float(pixels.mean()), 4),),
+        std=(round(float(pixels.std()), 4),),
+        class_names=data.class_names,
+    )
+    torch.manual_seed(seed)
+    model = AuditModel(digits_cnn(num_classes=data.num_classes), spec)
+    logs = fit(model, data, engine=engine, epochs=epochs)
+    save_model(model.net, spec, model_path)
+    return model_path, logs
+
+
+def run_demo(out: str | Path = "reports/demo", *, seed: int = 0, epochs: int = 8, device: str = "auto",
+             batch_size: int = 256, progress: bool = True) -> DemoOutput:
+    """Build the dataset, train the model and audit it; everything lands under ``out``."""
+    root = Path(out)
+    train_manifest, test_manifest = write_digits_dataset(root / "data", seed=seed)
+    model_path, logs = train_digits_model(train_manifest, root / "model" / "model.safetensors", seed=seed,
+                                          epochs=epochs, device=device, progress=progress)
+    config = AuditConfig(model=str(model_path), data=str(test_manifest), out=str(root), seed=seed, device=device,
+                         batch_size=batch_size, progress=progress)
+    atomic_write_text(
+        root / "auditkit.toml",
+        f'# re-run this audit with: auditkit audit --config {root / "auditkit.toml"}\n'
+        f'model = "model/model.safetensors"\ndata = "data/test.csv"\nout = "."\nseed = {seed}\n',
+    )
+    results = run_audit(config)
+    _, report = write_outputs(results, root)
+    return DemoOutput(out=root, model_path=model_path, train_manifest=train_manifest, test_manifest=test_manifest,
+                      report=report, results=results, training=tuple(logs))

@@ -1,0 +1,1 @@
+"""HTML report rendering: results.json -> one self-contained index.html."""

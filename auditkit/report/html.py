@@ -1,0 +1,81 @@
+"""Render a :class:`RunResults` into one self-contained HTML file (Jinja2, autoescape on)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
+
+from auditkit.checks.clean import CleanResult
+from auditkit.io import atomic_write_text
+from auditkit.report import plots
+from auditkit.results import CheckResult, RunResults
+
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+
+#: kind -> function giving the extra template context (plots) for that check's section
+SECTION_PLOTS: dict[str, Callable[[Any], dict[str, Markup]]] = {
+    "clean": lambda r: {
+        "per_class_svg": Markup(plots.sanitize_svg(plots.per_class_accuracy(r))),
+        "confusion_svg": Markup(plots.sanitize_svg(plots.confusion_matrix(r))),
+    },
+}
+
+SECTION_TITLES = {"clean": "Clean accuracy"}
+
+
+def _pct(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}%"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("auditkit.report", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = _pct
+    return env
+
+
+def headline(check: CheckResult) -> str:
+    """One line on what a check found (summary table, CLI output)."""
+    if isinstance(check, CleanResult):
+        a = check.accuracy
+        return f"{_pct(a.value)} accuracy (95% CI {_pct(a.low)}–{_pct(a.high)}) on {a.n} images"
+    return ""
+
+
+def render_report(results: RunResults) -> str:
+    """The report HTML for ``results``: inline CSS and SVG, images as data URIs, no scripts."""
+    env = _environment()
+    sections = []
+    for check in results.checks:
+        extra = SECTION_PLOTS.get(check.kind, lambda r: {})(check)
+        sections.append(
+            {
+                "kind": check.kind,
+                "title": SECTION_TITLES.get(check.kind, check.kind),
+                "headline": headline(check),
+                "result": check,
+                **extra,
+            }
+        )
+    template = env.get_template("report.html.j2")
+    return template.render(
+        results=results,
+        manifest=results.manifest,
+        sections=sections,
+        csp=CSP,
+        clean=results.check(CleanResult),
+    )
+
+
+def write_report(results: RunResults, path: str | Path) -> Path:
+    """Render and write the report atomically."""
+    return atomic_write_text(path, render_report(results))

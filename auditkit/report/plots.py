@@ -1,0 +1,85 @@
+"""Plots as inline SVG strings (matplotlib, Agg backend, text kept as escaped SVG text)."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from auditkit.checks.clean import CleanResult  # noqa: E402
+
+_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "auditkit", "font.size": 9}
+
+
+def to_svg(fig: Figure) -> str:
+    """Serialise ``fig`` to an ``<svg>`` element (no XML prolog), then close it."""
+    buf = io.StringIO()
+    with plt.rc_context(_STYLE):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    svg = buf.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+def _short(name: str, limit: int = 14) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def per_class_accuracy(result: CleanResult) -> str:
+    """Bar chart of per-class accuracy with 95% Wilson intervals as error bars."""
+    with plt.rc_context(_STYLE):
+        k = len(result.per_class)
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * k + 1.5), 2.8))
+        vals = np.array([c.accuracy.value for c in result.per_class], dtype=float)
+        low = np.array([c.accuracy.low for c in result.per_class], dtype=float)
+        high = np.array([c.accuracy.high for c in result.per_class], dtype=float)
+        x = np.arange(k)
+        ax.bar(x, np.nan_to_num(vals), color="#4c78a8")
+        ax.errorbar(x, np.nan_to_num(vals), yerr=[np.nan_to_num(vals - low), np.nan_to_num(high - vals)],
+                    fmt="none", ecolor="#333", capsize=2, lw=0.8)
+        ax.axhline(result.accuracy.value, color="#e45756", lw=1, ls="--", label="overall")
+        ax.set_xticks(x, [_short(c.name) for c in result.per_class], rotation=45 if k > 12 else 0, ha="right" if k > 12 else "center")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("accuracy")
+        ax.set_xlabel("true class")
+        ax.legend(loc="lower right", frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+    return to_svg(fig)
+
+
+def confusion_matrix(result: CleanResult) -> str:
+    """Heatmap of the confusion matrix, rows normalised to the true class, counts annotated."""
+    cm = np.array(result.confusion, dtype=float)
+    keep = np.flatnonzero((cm.sum(axis=0) + cm.sum(axis=1)) > 0)
+    cm = cm[np.ix_(keep, keep)]
+    names = [_short(result.class_names[i]) for i in keep]
+    with plt.rc_context(_STYLE):
+        k = len(keep)
+        size = max(3.2, 0.38 * k + 1.6)
+        fig, ax = plt.subplots(figsize=(size, size * 0.85))
+        rows = cm.sum(axis=1, keepdims=True)
+        norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    if cm[i, j]:
+                        ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                                color="white" if norm[i, j] > 0.5 else "#222")
+        ax.set_xticks(range(k), names, rotation=90 if k > 10 else 0)
+        ax.set_yticks(range(k), names)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    return to_svg(fig)
+
+
+def sanitize_svg(svg: str) -> str:
+    """Drop anything script-like from an SVG produced here (defence in depth)."""
+    return re.sub(r"<script.*?</script>", "", svg, flags=re.S | re.I)

@@ -1,0 +1,198 @@
+"""Typed, frozen results and their versioned JSON form.
+
+A run's results are a :class:`RunResults`: the run manifest, one typed result per check and a
+flat ``metrics`` map (names documented in docs/metrics.md) that gates reference. The report
+and the gate read only this file, so ``auditkit report results.json`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from auditkit.exceptions import DataError
+from auditkit.io import atomic_write_text
+
+SCHEMA_VERSION = "1.0"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided confidence interval (``nan`` when undefined)."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Base of every check's result; subclasses set ``kind`` and implement :meth:`metrics`."""
+
+    kind: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type[CheckResult]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            CheckResult.registry[cls.kind] = cls
+
+    def metrics(self) -> dict[str, float]:
+        """Flat gateable metrics, named as in docs/metrics.md."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """What was run, on what, with which versions: enough to reproduce or compare runs."""
+
+    auditkit_version: str
+    torch_version: str
+    torchvision_version: str
+    python_version: str
+    device: str
+    seed: int
+    deterministic: bool
+    batch_size: int
+    model_path: str
+    model_format: str
+    model_sha256: str
+    model_arch: str
+    data_path: str
+    data_format: str
+    data_sha256: str
+    num_samples: int
+    skipped_files: tuple[tuple[str, str], ...]
+    class_names: tuple[str, ...]
+    config: tuple[tuple[str, str], ...]
+    started_at: str
+    timings: tuple[tuple[str, float], ...]
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """Everything one run produced; serialised to results.json."""
+
+    manifest: RunManifest
+    checks: tuple[CheckResult, ...]
+    schema_version: str = SCHEMA_VERSION
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def check(self, cls: type[T]) -> T | None:
+        """The first result of type ``cls``, or ``None`` when that check did not run."""
+        for result in self.checks:
+            if isinstance(result, cls):
+                return result
+        return None
+
+    def to_json(self) -> str:
+        doc = {
+            "schema_version": self.schema_version,
+            "manifest": _encode(self.manifest),
+            "metrics": {k: _encode(v) for k, v in sorted(self.metrics.items())},
+            "checks": [{"kind": c.kind, "result": _encode(c)} for c in self.checks],
+        }
+        return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RunResults:
+        try:
+            doc = json.loads(text)
+            version = str(doc["schema_version"])
+            if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+                raise DataError(
+                    f"results.json has schema_version {version}; this auditkit reads "
+                    f"{SCHEMA_VERSION.split('.')[0]}.x — re-run the audit with this version"
+                )
+            manifest = _decode(RunManifest, doc["manifest"])
+            checks = []
+            for item in doc["checks"]:
+                result_cls = CheckResult.registry.get(item["kind"])
+                if result_cls is None:
+                    raise DataError(f"results.json has an unknown check kind {item['kind']!r}")
+                checks.append(_decode(result_cls, item["result"]))
+            metrics = {str(k): _decode(float, v) for k, v in doc["metrics"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"not a valid auditkit results.json: {exc}") from exc
+        return cls(manifest=manifest, checks=tuple(checks), schema_version=version, metrics=metrics)
+
+    def write(self, path: str | Path) -> Path:
+        return atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunResults:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise DataError(f"cannot read results file {path}: {exc.strerror or exc}") from exc
+        return cls.from_json(text)
+
+
+def collect_metrics(checks: tuple[CheckResult, ...]) -> dict[str, float]:
+    """Merge the flat metrics of every check into one map."""
+    merged: dict[str, float] = {}
+    for check in checks:
+        merged.update(check.metrics())
+    return merged
+
+
+def _encode(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def _decode(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        hints = typing.get_type_hints(tp)
+        kwargs = {
+            f.name: _decode(hints[f.name], value[f.name])
+            for f in dataclasses.fields(tp)
+            if f.init and f.name in value
+        }
+        return tp(**kwargs)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], v) for v in value)
+        return tuple(_decode(a, v) for a, v in zip(args, value, strict=True))
+    if origin in (dict, Mapping) or origin is typing.Mapping:
+        return {k: _decode(args[1], v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _decode(inner[0], value)
+    if tp is float:
+        if value is None:
+            return math.nan
+        if value in ("inf", "-inf"):
+            return float(value)
+        return float(value)
+    if tp is int:
+        return int(value)
+    if tp is str:
+        return str(value)
+    if tp is bool:
+        return bool(value)
+    return value
