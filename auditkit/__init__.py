@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from auditkit.exceptions import (  # noqa: E402
+from auditkit.exceptions import (
     AuditkitError,
     ConfigError,
     DataError,

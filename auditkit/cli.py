@@ -53,24 +53,82 @@ def handle_errors(fn: F) -> F:
 
 
 # ---------------------------------------------------------------- shared options
-ModelArg = Annotated[str | None, typer.Argument(help="Model file or folder (safetensors, state_dict .pt, TorchScript, .pt2, pickled module).", show_default=False)]  # noqa: E501
-DataArg = Annotated[str | None, typer.Argument(help="Dataset: image folder, CSV manifest (path,label,...), .npz, or 'digits'.", show_default=False)]  # noqa: E501
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="auditkit.toml with the same keys as these flags; flags win.", show_default=False)]  # noqa: E501
-ArchOpt = Annotated[str | None, typer.Option(help="Architecture for weights-only files: torchvision:<name>, auditkit.zoo:<name> or package.module:factory.", show_default=False)]  # noqa: E501
-NumClassesOpt = Annotated[int | None, typer.Option(help="Number of outputs to build the architecture with.", show_default=False)]  # noqa: E501
-InputSizeOpt = Annotated[tuple[int, int] | None, typer.Option(help="Model input size H W; images are resized to it.", show_default=False)]  # noqa: E501
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Model file or folder (safetensors, state_dict .pt, TorchScript, .pt2, pickled module).",
+        show_default=False,
+    ),
+]
+DataArg = Annotated[
+    str | None,
+    typer.Argument(help="Dataset: image folder, CSV manifest (path,label,...), .npz, or 'digits'.", show_default=False),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="auditkit.toml with the same keys as these flags; flags win.", show_default=False
+    ),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Architecture for weights-only files: torchvision:<name>, auditkit.zoo:<name> or package.module:factory.",
+        show_default=False,
+    ),
+]
+NumClassesOpt = Annotated[
+    int | None, typer.Option(help="Number of outputs to build the architecture with.", show_default=False)
+]
+InputSizeOpt = Annotated[
+    tuple[int, int] | None, typer.Option(help="Model input size H W; images are resized to it.", show_default=False)
+]
 ChannelsOpt = Annotated[int | None, typer.Option(help="Input channels the model expects (1 or 3).", show_default=False)]
-MeanOpt = Annotated[str | None, typer.Option(help="Normalisation mean per channel, comma-separated, in [0,1] pixel units (e.g. 0.485,0.456,0.406).", show_default=False)]  # noqa: E501
+MeanOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Normalisation mean per channel, comma-separated, in [0,1] pixel units (e.g. 0.485,0.456,0.406).",
+        show_default=False,
+    ),
+]
 StdOpt = Annotated[str | None, typer.Option(help="Normalisation std per channel, comma-separated.", show_default=False)]
-TrustOpt = Annotated[bool | None, typer.Option("--trust-model/--no-trust-model", help="Allow TorchScript, .pt2 and pickled modules, which can run code when loaded.", show_default=False)]  # noqa: E501
-DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda (or cuda:N) or mps. [default: auto]", show_default=False)]  # noqa: E501
-BatchOpt = Annotated[int | None, typer.Option(help="Batch size (halved automatically on CUDA out-of-memory). [default: 256]", show_default=False)]  # noqa: E501
+TrustOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--trust-model/--no-trust-model",
+        help="Allow TorchScript, .pt2 and pickled modules, which can run code when loaded.",
+        show_default=False,
+    ),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="auto, cpu, cuda (or cuda:N) or mps. [default: auto]", show_default=False)
+]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(help="Batch size (halved automatically on CUDA out-of-memory). [default: 256]", show_default=False),
+]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed. [default: 0]", show_default=False)]
-DeterministicOpt = Annotated[bool | None, typer.Option("--deterministic/--no-deterministic", help="Use deterministic torch algorithms.", show_default=False)]  # noqa: E501
+DeterministicOpt = Annotated[
+    bool | None,
+    typer.Option("--deterministic/--no-deterministic", help="Use deterministic torch algorithms.", show_default=False),
+]
 LimitOpt = Annotated[int | None, typer.Option(help="Use only the first N samples.", show_default=False)]
 SampleOpt = Annotated[int | None, typer.Option(help="Use a seeded random sample of N samples.", show_default=False)]
-BadOpt = Annotated[float | None, typer.Option(help="Fail (exit 3) when more than this share of image files is unreadable. [default: 0.05]", show_default=False)]  # noqa: E501
-OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Output folder for results.json and index.html. [default: reports/latest]", show_default=False)]  # noqa: E501
+BadOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Fail (exit 3) when more than this share of image files is unreadable. [default: 0.05]", show_default=False
+    ),
+]
+OutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Output folder for results.json and index.html. [default: reports/latest]",
+        show_default=False,
+    ),
+]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars on a terminal.")]
 
 
@@ -116,11 +174,24 @@ def audit(
 
     cfg = resolve_config(
         {
-            "model": model, "data": data, "arch": arch, "num_classes": num_classes,
-            "input_size": input_size, "channels": channels, "mean": _floats("mean", mean),
-            "std": _floats("std", std), "trust_model": trust_model, "device": device,
-            "batch_size": batch_size, "seed": seed, "deterministic": deterministic, "limit": limit,
-            "sample": sample, "max_bad_fraction": max_bad_fraction, "out": out, "progress": progress,
+            "model": model,
+            "data": data,
+            "arch": arch,
+            "num_classes": num_classes,
+            "input_size": input_size,
+            "channels": channels,
+            "mean": _floats("mean", mean),
+            "std": _floats("std", std),
+            "trust_model": trust_model,
+            "device": device,
+            "batch_size": batch_size,
+            "seed": seed,
+            "deterministic": deterministic,
+            "limit": limit,
+            "sample": sample,
+            "max_bad_fraction": max_bad_fraction,
+            "out": out,
+            "progress": progress,
         },
         config,
     )
@@ -137,7 +208,9 @@ def _print_summary(results: Any, json_path: Path, html_path: Path) -> None:
     for warning in results.manifest.warnings:
         typer.echo(f"warning: {warning}", err=True)
     if results.manifest.skipped_files:
-        typer.echo(f"warning: skipped {len(results.manifest.skipped_files)} unreadable image file(s); see the report", err=True)
+        typer.echo(
+            f"warning: skipped {len(results.manifest.skipped_files)} unreadable image file(s); see the report", err=True
+        )
     typer.echo(f"results: {json_path}")
     typer.echo(f"report:  {html_path}")
 
@@ -171,7 +244,12 @@ def demo(
 @handle_errors
 def report(
     results: Annotated[Path, typer.Argument(help="A results.json written by auditkit.", show_default=False)],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file to write. [default: index.html beside RESULTS]", show_default=False)] = None,  # noqa: E501
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="HTML file to write. [default: index.html beside RESULTS]", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Re-render the HTML report from a results.json alone, without re-running anything."""
     from auditkit.report.html import write_report

@@ -116,14 +116,12 @@ def resolve_config(cli: Mapping[str, Any], config_file: Path | None = None) -> A
         file_values = read_config_file(config_file)
         unknown = sorted(set(file_values) - set(FIELDS))
         if unknown:
-            raise ConfigError(
-                f"unknown key(s) {unknown} in {config_file}; allowed: {', '.join(sorted(FIELDS))}"
-            )
+            raise ConfigError(f"unknown key(s) {unknown} in {config_file}; allowed: {', '.join(sorted(FIELDS))}")
         values.update(file_values)
     values.update({k: v for k, v in cli.items() if v is not None})
     for required in ("model", "data"):
         if not values.get(required):
-            raise ConfigError(f"no {required} given: pass it as an argument or set {required} = \"...\" in auditkit.toml")
+            raise ConfigError(f'no {required} given: pass it as an argument or set {required} = "..." in auditkit.toml')
     coerced = {k: _coerce(k, v) for k, v in values.items() if k in FIELDS}
     config = AuditConfig(**coerced)
     validate(config)

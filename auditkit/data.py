@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from auditkit.exceptions import ConfigError, DataError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DIGITS_SIZE = 28
 DIGITS_LOW_CONTRAST_SITE = "B"
+DIGITS_SITE_NOTE = (
+    "'site' is a synthetic attribute made up for the demo: site B images were made low-contrast "
+    "(grey background, faint strokes) and are rare in training (8%) but common in test (30%)."
+)
 
 T = TypeVar("T")
 Tracker = Callable[[Iterable[T], int, str], Iterator[T]]
@@ -236,7 +241,9 @@ def _decode_files(
         except FileNotFoundError:
             skipped.append((shown, "file not found"))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            reason = "decompression bomb" if "decompression bomb" in str(exc).lower() else " ".join(str(exc).split())[:160]
+            reason = (
+                "decompression bomb" if "decompression bomb" in str(exc).lower() else " ".join(str(exc).split())[:160]
+            )
             skipped.append((shown, reason or type(exc).__name__))
     if rows and len(skipped) / len(rows) > max_bad_fraction:
         examples = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
@@ -276,33 +283,49 @@ def load_dataset(
         images = torch.from_numpy(split["x"][idx])
         if channels == 3 or (image_size is not None and tuple(image_size) != (DIGITS_SIZE, DIGITS_SIZE)):
             images = _stack(list(images), image_size, channels)
-        labels, names = _map_labels([str(v) for v in split["y"][idx]], class_names, num_classes,
-                                    [f"digits[{i}]" for i in idx])
+        labels, names = _map_labels(
+            [str(v) for v in split["y"][idx]], class_names, num_classes, [f"digits[{i}]" for i in idx]
+        )
         return _finish(
-            images=images, labels=labels, class_names=names, metadata={"site": split["site"][idx].tolist()},
-            ids=[f"digits/{i}" for i in idx], source=src, fmt="builtin",
-            notes=("site is a synthetic attribute: site B images were made low-contrast and are rare in training",),
+            images=images,
+            labels=labels,
+            class_names=names,
+            metadata={"site": split["site"][idx].tolist()},
+            ids=[f"digits/{i}" for i in idx],
+            source=src,
+            fmt="builtin",
+            notes=(DIGITS_SITE_NOTE,),
         )
     path = Path(source)
     if not path.exists():
         raise DataError(f"dataset not found: {path} (give a folder, a .csv manifest, an .npz or 'digits')")
     mode = {None: None, 1: "L", 3: "RGB"}[channels]
     if path.is_dir():
-        return _load_image_folder(path, class_names, num_classes, image_size, channels, mode, limit, sample,
-                                  seed, max_bad_fraction, track)
+        return _load_image_folder(
+            path, class_names, num_classes, image_size, channels, mode, limit, sample, seed, max_bad_fraction, track
+        )
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return _load_manifest(path, class_names, num_classes, image_size, channels, mode, limit, sample,
-                              seed, max_bad_fraction, track)
+        return _load_manifest(
+            path, class_names, num_classes, image_size, channels, mode, limit, sample, seed, max_bad_fraction, track
+        )
     if suffix == ".npz":
         return _load_npz(path, class_names, num_classes, image_size, channels, limit, sample, seed)
     raise DataError(f"cannot tell the format of {path}: expected a folder, a .csv manifest or an .npz")
 
 
 def _load_image_folder(
-    root: Path, class_names: Sequence[str] | None, num_classes: int | None, image_size: tuple[int, int] | None,
-    channels: int | None, mode: str | None, limit: int | None, sample: int | None, seed: int,
-    max_bad_fraction: float, track: Tracker[tuple[Path, str, str]],
+    root: Path,
+    class_names: Sequence[str] | None,
+    num_classes: int | None,
+    image_size: tuple[int, int] | None,
+    channels: int | None,
+    mode: str | None,
+    limit: int | None,
+    sample: int | None,
+    seed: int,
+    max_bad_fraction: float,
+    track: Tracker[tuple[Path, str, str]],
 ) -> ImageDataset:
     from torchvision.datasets.folder import find_classes, make_dataset
 
@@ -325,14 +348,30 @@ def _load_image_folder(
     images, kept, skipped = _decode_files(rows, mode=mode, max_bad_fraction=max_bad_fraction, track=track)
     raw = [folders[entries[i][1]] for i in kept]
     labels, names = _map_labels(raw, class_names or folders, num_classes, [rows[i][1] for i in kept])
-    return _finish(images=_stack(images, image_size, channels), labels=labels, class_names=names, metadata={},
-                   ids=[rows[i][1] for i in kept], source=str(root), fmt="imagefolder", skipped=skipped)
+    return _finish(
+        images=_stack(images, image_size, channels),
+        labels=labels,
+        class_names=names,
+        metadata={},
+        ids=[rows[i][1] for i in kept],
+        source=str(root),
+        fmt="imagefolder",
+        skipped=skipped,
+    )
 
 
 def _load_manifest(
-    path: Path, class_names: Sequence[str] | None, num_classes: int | None, image_size: tuple[int, int] | None,
-    channels: int | None, mode: str | None, limit: int | None, sample: int | None, seed: int,
-    max_bad_fraction: float, track: Tracker[tuple[Path, str, str]],
+    path: Path,
+    class_names: Sequence[str] | None,
+    num_classes: int | None,
+    image_size: tuple[int, int] | None,
+    channels: int | None,
+    mode: str | None,
+    limit: int | None,
+    sample: int | None,
+    seed: int,
+    max_bad_fraction: float,
+    track: Tracker[tuple[Path, str, str]],
 ) -> ImageDataset:
     base = path.parent.resolve()
     try:
@@ -357,15 +396,50 @@ def _load_manifest(
     raw_labels = [(records[i].get("label") or "").strip() for i in kept]
     labels, names = _map_labels(raw_labels, class_names, num_classes, [rows[i][2] for i in kept])
     meta_cols = [c for c in fields if c not in ("path", "label")]
+    notes = _read_card(path)
     metadata = {c: [(records[i].get(c) or "").strip() for i in kept] for c in meta_cols}
-    return _finish(images=_stack(images, image_size, channels), labels=labels, class_names=names,
-                   metadata=metadata, ids=[rows[i][1] for i in kept], source=str(path), fmt="manifest",
-                   skipped=skipped)
+    return _finish(
+        images=_stack(images, image_size, channels),
+        labels=labels,
+        class_names=names,
+        metadata=metadata,
+        ids=[rows[i][1] for i in kept],
+        source=str(path),
+        fmt="manifest",
+        skipped=skipped,
+        notes=notes,
+    )
+
+
+def card_path(manifest: Path) -> Path:
+    """The optional dataset card beside a manifest: ``test.csv`` -> ``test.card.json``."""
+    return manifest.with_suffix(".card.json")
+
+
+def _read_card(manifest: Path) -> tuple[str, ...]:
+    """Notes from the dataset card (``{"notes": ["..."]}``), shown in the report."""
+    card = card_path(manifest)
+    if not card.is_file():
+        return ()
+    try:
+        doc = json.loads(card.read_text(encoding="utf-8"))
+        notes = doc.get("notes", [])
+        if not isinstance(notes, list):
+            raise ValueError("'notes' must be a list of strings")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"cannot read dataset card {card}: {exc}") from exc
+    return tuple(str(n) for n in notes)
 
 
 def _load_npz(
-    path: Path, class_names: Sequence[str] | None, num_classes: int | None, image_size: tuple[int, int] | None,
-    channels: int | None, limit: int | None, sample: int | None, seed: int,
+    path: Path,
+    class_names: Sequence[str] | None,
+    num_classes: int | None,
+    image_size: tuple[int, int] | None,
+    channels: int | None,
+    limit: int | None,
+    sample: int | None,
+    seed: int,
 ) -> ImageDataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -402,5 +476,12 @@ def _load_npz(
     where = [f"{path.name}[{i}]" for i in idx]
     labels, names = _map_labels(raw, names_given, num_classes, where)
     metadata = {k: [str(v) for v in arr[idx]] for k, arr in arrays.items() if arr.ndim == 1 and len(arr) == len(y)}
-    return _finish(images=images, labels=labels, class_names=names, metadata=metadata,
-                   ids=[f"{path.name}[{i}]" for i in idx], source=str(path), fmt="npz")
+    return _finish(
+        images=images,
+        labels=labels,
+        class_names=names,
+        metadata=metadata,
+        ids=[f"{path.name}[{i}]" for i in idx],
+        source=str(path),
+        fmt="npz",
+    )

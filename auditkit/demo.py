@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from auditkit.audit import make_engine, run_audit, write_outputs
 from auditkit.config import AuditConfig
-from auditkit.data import digits_split, load_dataset
+from auditkit.data import DIGITS_SITE_NOTE, card_path, digits_split, load_dataset
 from auditkit.io import atomic_write_bytes, atomic_write_text
 from auditkit.models import AuditModel, ModelSpec, save_model
 from auditkit.results import RunResults
@@ -55,16 +56,29 @@ def write_digits_dataset(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
             writer.writerow([rel, int(label), site])
         manifest = root / f"{split}.csv"
         atomic_write_text(manifest, rows.getvalue())
+        card = {
+            "notes": [f"scikit-learn's load_digits ({split} split, seed {seed}), upsampled to 28x28.", DIGITS_SITE_NOTE]
+        }
+        atomic_write_text(card_path(manifest), json.dumps(card, indent=2) + "\n")
         manifests.append(manifest)
     return manifests[0], manifests[1]
 
 
 def train_digits_model(
-    train_manifest: Path, model_path: Path, *, seed: int = 0, epochs: int = 8, device: str = "auto", progress: bool = True
+    train_manifest: Path,
+    model_path: Path,
+    *,
+    seed: int = 0,
+    epochs: int = 8,
+    device: str = "auto",
+    progress: bool = True,
 ) -> tuple[Path, list[EpochLog]]:
     """Train the demo CNN on ``train_manifest`` and save it as safetensors + spec."""
-    engine = make_engine(AuditConfig(model=str(model_path), data=str(train_manifest), device=device, seed=seed,
-                                     batch_size=64, progress=progress))
+    engine = make_engine(
+        AuditConfig(
+            model=str(model_path), data=str(train_manifest), device=device, seed=seed, batch_size=64, progress=progress
+        )
+    )
     engine.seed_everything()
     data = load_dataset(train_manifest, channels=1, image_size=(28, 28), track=engine.track)
     pixels = data.images.float() / 255
@@ -84,21 +98,43 @@ def train_digits_model(
     return model_path, logs
 
 
-def run_demo(out: str | Path = "reports/demo", *, seed: int = 0, epochs: int = 8, device: str = "auto",
-             batch_size: int = 256, progress: bool = True) -> DemoOutput:
+def run_demo(
+    out: str | Path = "reports/demo",
+    *,
+    seed: int = 0,
+    epochs: int = 8,
+    device: str = "auto",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> DemoOutput:
     """Build the dataset, train the model and audit it; everything lands under ``out``."""
     root = Path(out)
     train_manifest, test_manifest = write_digits_dataset(root / "data", seed=seed)
-    model_path, logs = train_digits_model(train_manifest, root / "model" / "model.safetensors", seed=seed,
-                                          epochs=epochs, device=device, progress=progress)
-    config = AuditConfig(model=str(model_path), data=str(test_manifest), out=str(root), seed=seed, device=device,
-                         batch_size=batch_size, progress=progress)
+    model_path, logs = train_digits_model(
+        train_manifest, root / "model" / "model.safetensors", seed=seed, epochs=epochs, device=device, progress=progress
+    )
+    config = AuditConfig(
+        model=str(model_path),
+        data=str(test_manifest),
+        out=str(root),
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+    )
     atomic_write_text(
         root / "auditkit.toml",
-        f'# re-run this audit with: auditkit audit --config {root / "auditkit.toml"}\n'
+        f"# re-run this audit with: auditkit audit --config {root / 'auditkit.toml'}\n"
         f'model = "model/model.safetensors"\ndata = "data/test.csv"\nout = "."\nseed = {seed}\n',
     )
     results = run_audit(config)
     _, report = write_outputs(results, root)
-    return DemoOutput(out=root, model_path=model_path, train_manifest=train_manifest, test_manifest=test_manifest,
-                      report=report, results=results, training=tuple(logs))
+    return DemoOutput(
+        out=root,
+        model_path=model_path,
+        train_manifest=train_manifest,
+        test_manifest=test_manifest,
+        report=report,
+        results=results,
+        training=tuple(logs),
+    )

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from auditkit.data import ImageDataset
-from auditkit.exceptions import ConfigError, NonFiniteOutputError, RunError
+from auditkit.exceptions import AuditkitError, ConfigError, ModelError, NonFiniteOutputError, RunError
 from auditkit.progress import track as _track
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
@@ -157,7 +157,9 @@ class Engine:
                         out = fn(self.batch(data, start, stop))
                 except torch.OutOfMemoryError as exc:
                     if self.batch_size == 1:
-                        raise RunError("out of memory even with batch size 1; use a smaller model or --device cpu") from exc
+                        raise RunError(
+                            "out of memory even with batch size 1; use a smaller model or --device cpu"
+                        ) from exc
                     self.batch_size = max(1, self.batch_size // 2)
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
@@ -175,8 +177,14 @@ class Engine:
         self.to_device(model)
         chunks: list[Tensor] = []
         with eval_mode(model):
-            for logits in self.map(lambda b: model(b.x).float().cpu(), data, description="clean pass"):
-                chunks.append(logits)
+            try:
+                for logits in self.map(lambda b: model(b.x).float().cpu(), data, description="clean pass"):
+                    chunks.append(logits)
+            except (AuditkitError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                msg = " ".join(str(exc).split())[:240]
+                raise ModelError(f"model failed during the clean pass: {type(exc).__name__}: {msg}") from exc
         logits = torch.cat(chunks) if chunks else torch.empty(0, 0)
         finite = torch.isfinite(logits).all(dim=1)
         if not bool(finite.all()):

@@ -17,7 +17,9 @@ def to_data_uri(image: Tensor, *, max_size: int = THUMBNAIL_MAX) -> str:
     img = image.detach().cpu()
     if max(img.shape[-2:]) > max_size:
         scale = max_size / max(img.shape[-2:])
-        img = TF.resize(img, [max(1, round(img.shape[-2] * scale)), max(1, round(img.shape[-1] * scale))], antialias=True)
+        img = TF.resize(
+            img, [max(1, round(img.shape[-2] * scale)), max(1, round(img.shape[-1] * scale))], antialias=True
+        )
     pil: Image.Image = TF.to_pil_image(img)
     buf = io.BytesIO()
     pil.save(buf, format="PNG", optimize=True)

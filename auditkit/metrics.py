@@ -39,9 +39,9 @@ class ConfusionAccumulator:
         t = np.asarray(y_true).ravel()
         if t.size == 0:
             return
-        self._counts += confusion_matrix(
-            t, np.asarray(y_pred).ravel(), labels=np.arange(self.num_classes)
-        ).astype(np.int64)
+        self._counts += confusion_matrix(t, np.asarray(y_pred).ravel(), labels=np.arange(self.num_classes)).astype(
+            np.int64
+        )
 
     def merge(self, other: ConfusionAccumulator) -> None:
         self._counts += other._counts

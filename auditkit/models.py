@@ -73,9 +73,7 @@ class ModelSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(doc) - known)
         if unknown:
-            raise ConfigError(
-                f"model spec {path} has unknown keys {unknown}; allowed: {sorted(known)}"
-            )
+            raise ConfigError(f"model spec {path} has unknown keys {unknown}; allowed: {sorted(known)}")
         for key in ("input_size", "mean", "std", "class_names"):
             if doc.get(key) is not None:
                 doc[key] = tuple(doc[key])
@@ -88,6 +86,9 @@ class AuditModel(nn.Module):
     Channel conversion, resizing and mean/std normalisation happen inside, so epsilons and
     rotations mean the same thing for every model.
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, net: nn.Module, spec: ModelSpec) -> None:
         super().__init__()
@@ -268,8 +269,9 @@ def load_model(
     spec_file = find_spec_file(p)
     base = ModelSpec.from_file(spec_file) if spec_file else ModelSpec()
     if spec is not None:
-        base = base.merged(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)
-                              if f.name != "arch_kwargs"})
+        base = base.merged(
+            **{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "arch_kwargs"}
+        )
         if spec.arch_kwargs:
             base = dataclasses.replace(base, arch_kwargs=dict(spec.arch_kwargs))
     fmt: str = detect_format(p)
@@ -342,18 +344,16 @@ def probe_outputs(model: nn.Module, x: Tensor, num_classes: int) -> tuple[int, l
     try:
         with torch.no_grad():
             out = model(x)
-    except (RuntimeError, ValueError) as exc:
+    except Exception as exc:
         msg = " ".join(str(exc).split())[:240]
         raise ModelError(
-            f"model failed on input of shape {tuple(x.shape)} (N, C, H, W); set --input-size/"
-            f"--channels to what it expects: {msg}"
+            f"model failed on input of shape {tuple(x.shape)} (N, C, H, W); set --input-size/--channels to "
+            f"what it expects (a torch.export program needs a dynamic batch dimension): {type(exc).__name__}: {msg}"
         ) from exc
     if out.ndim != 2 or out.shape[0] != x.shape[0]:
         raise ModelError(f"model returned shape {tuple(out.shape)}; expected (N, num_classes) logits")
     if out.shape[1] < num_classes:
-        raise ModelError(
-            f"model has {out.shape[1]} outputs but the data has {num_classes} classes"
-        )
+        raise ModelError(f"model has {out.shape[1]} outputs but the data has {num_classes} classes")
     if not bool(torch.isfinite(out).all()):
         raise NonFiniteOutputError("model produced NaN or infinite outputs on the first batch")
     warnings: list[str] = []

@@ -167,9 +167,7 @@ def _decode(tp: Any, value: Any) -> Any:
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         hints = typing.get_type_hints(tp)
         kwargs = {
-            f.name: _decode(hints[f.name], value[f.name])
-            for f in dataclasses.fields(tp)
-            if f.init and f.name in value
+            f.name: _decode(hints[f.name], value[f.name]) for f in dataclasses.fields(tp) if f.init and f.name in value
         }
         return tp(**kwargs)
     if origin is tuple:

@@ -35,17 +35,21 @@ def fit(
     """
     engine.to_device(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=epochs * -(-len(data) // engine.batch_size)
-    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * -(-len(data) // engine.batch_size))
     gen = torch.Generator().manual_seed(engine.seed)
     logs = []
     model.train()
     for epoch in range(epochs):
         perm = torch.randperm(len(data), generator=gen)
         shuffled = ImageDataset(
-            images=data.images[perm], labels=data.labels[perm], class_names=data.class_names,
-            metadata={}, ids=(), source=data.source, format=data.format, sha256=data.sha256,
+            images=data.images[perm],
+            labels=data.labels[perm],
+            class_names=data.class_names,
+            metadata={},
+            ids=(),
+            source=data.source,
+            format=data.format,
+            sha256=data.sha256,
         )
 
         def step(b: Batch) -> tuple[float, int, int]:
@@ -58,7 +62,9 @@ def fit(
             return float(loss.detach()) * len(b.y), int((logits.argmax(1) == b.y).sum()), len(b.y)
 
         totals = [0.0, 0, 0]
-        for loss_sum, correct, n in engine.map(step, shuffled, description=f"training epoch {epoch + 1}/{epochs}", grad=True):
+        for loss_sum, correct, n in engine.map(
+            step, shuffled, description=f"training epoch {epoch + 1}/{epochs}", grad=True
+        ):
             totals[0] += loss_sum
             totals[1] += correct
             totals[2] += n

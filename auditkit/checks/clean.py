@@ -65,7 +65,9 @@ class CleanResult(CheckResult):
         return out
 
 
-def summarize_confusion(cm: np.ndarray, class_names: tuple[str, ...]) -> tuple[Interval, float, tuple[ClassAccuracy, ...]]:
+def summarize_confusion(
+    cm: np.ndarray, class_names: tuple[str, ...]
+) -> tuple[Interval, float, tuple[ClassAccuracy, ...]]:
     """From a ``(K, K)`` confusion matrix: accuracy interval, balanced accuracy, per-class rows."""
     total = int(cm.sum())
     correct = int(np.trace(cm))

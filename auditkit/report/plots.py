@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import io
 import re
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
-from auditkit.checks.clean import CleanResult  # noqa: E402
+from auditkit.checks.clean import CleanResult
 
-_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "auditkit", "font.size": 9}
+_STYLE: Any = {"svg.fonttype": "none", "svg.hashsalt": "auditkit", "font.size": 9}
 
 
 def to_svg(fig: Figure) -> str:
     """Serialise ``fig`` to an ``<svg>`` element (no XML prolog), then close it."""
     buf = io.StringIO()
     with plt.rc_context(_STYLE):
-        fig.savefig(buf, format="svg", bbox_inches="tight")
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     svg = buf.getvalue()
     return svg[svg.index("<svg") :]
@@ -41,10 +42,22 @@ def per_class_accuracy(result: CleanResult) -> str:
         high = np.array([c.accuracy.high for c in result.per_class], dtype=float)
         x = np.arange(k)
         ax.bar(x, np.nan_to_num(vals), color="#4c78a8")
-        ax.errorbar(x, np.nan_to_num(vals), yerr=[np.nan_to_num(vals - low), np.nan_to_num(high - vals)],
-                    fmt="none", ecolor="#333", capsize=2, lw=0.8)
+        ax.errorbar(
+            x,
+            np.nan_to_num(vals),
+            yerr=[np.nan_to_num(vals - low), np.nan_to_num(high - vals)],
+            fmt="none",
+            ecolor="#333",
+            capsize=2,
+            lw=0.8,
+        )
         ax.axhline(result.accuracy.value, color="#e45756", lw=1, ls="--", label="overall")
-        ax.set_xticks(x, [_short(c.name) for c in result.per_class], rotation=45 if k > 12 else 0, ha="right" if k > 12 else "center")
+        ax.set_xticks(
+            x,
+            [_short(c.name) for c in result.per_class],
+            rotation=45 if k > 12 else 0,
+            ha="right" if k > 12 else "center",
+        )
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("accuracy")
         ax.set_xlabel("true class")
@@ -70,8 +83,15 @@ def confusion_matrix(result: CleanResult) -> str:
             for i in range(k):
                 for j in range(k):
                     if cm[i, j]:
-                        ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
-                                color="white" if norm[i, j] > 0.5 else "#222")
+                        ax.text(
+                            j,
+                            i,
+                            f"{int(cm[i, j])}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "#222",
+                        )
         ax.set_xticks(range(k), names, rotation=90 if k > 10 else 0)
         ax.set_yticks(range(k), names)
         ax.set_xlabel("predicted class")

@@ -1,0 +1,70 @@
+"""Tiny deterministic fixtures: a small CNN, small on-disk datasets, the demo run (once)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from auditkit.models import ModelSpec
+from auditkit.zoo import digits_cnn
+
+DIGITS_SPEC = ModelSpec(
+    arch="auditkit.zoo:digits_cnn",
+    num_classes=10,
+    input_size=(28, 28),
+    channels=1,
+    mean=(0.1,),
+    std=(0.3,),
+    class_names=tuple(str(i) for i in range(10)),
+)
+
+
+@pytest.fixture
+def tiny_net() -> torch.nn.Module:
+    """An untrained digits CNN with fixed weights (seed 0), in eval mode."""
+    torch.manual_seed(0)
+    return digits_cnn(num_classes=10).eval()
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def manifest_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """A CSV manifest of 12 random 28x28 grey PNGs, labels 0-2, a ``site`` column."""
+    rows = ["path,label,site"]
+    for i in range(12):
+        write_png(tmp_path / "imgs" / f"{i}.png", rng.integers(0, 256, (28, 28)))
+        rows.append(f"imgs/{i}.png,{i % 3},{'A' if i < 8 else 'B'}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``auditkit demo`` run once for the whole session, through the CLI."""
+    from auditkit.cli import app
+
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads() -> None:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))

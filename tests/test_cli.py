@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from auditkit.cli import app
+from auditkit.models import save_model
+from tests.conftest import DIGITS_SPEC
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [*args])
+    return result.exit_code, result.output
+
+
+def test_demo_trains_and_reports(demo_run: Path) -> None:
+    doc = json.loads((demo_run / "results.json").read_text())
+    assert doc["metrics"]["clean.accuracy"] >= 0.95
+    html = (demo_run / "index.html").read_text()
+    assert "Clean accuracy" in html and "synthetic attribute" in html
+    assert (demo_run / "model" / "model.safetensors").is_file()
+    assert (demo_run / "model" / "model.json").is_file()
+    header = (demo_run / "data" / "test.csv").read_text().splitlines()[0]
+    assert header == "path,label,site"
+
+
+def test_demo_model_audited_like_any_user_model(demo_run: Path, tmp_path: Path) -> None:
+    # the same weights as a plain state_dict + --arch give the same accuracy as the demo's audit
+    from safetensors.torch import load_file
+
+    state = load_file(str(demo_run / "model" / "model.safetensors"))
+    torch.save(state, tmp_path / "user.pt")
+    spec = json.loads((demo_run / "model" / "model.json").read_text())
+    code, out = invoke(
+        "audit",
+        str(tmp_path / "user.pt"),
+        str(demo_run / "data" / "test.csv"),
+        "--arch",
+        spec["arch"],
+        "--num-classes",
+        "10",
+        "--mean",
+        str(spec["mean"][0]),
+        "--std",
+        str(spec["std"][0]),
+        "--channels",
+        "1",
+        "--input-size",
+        "28",
+        "28",
+        "--out",
+        str(tmp_path / "out"),
+        "--batch-size",
+        "17",
+        "--no-progress",
+    )
+    assert code == 0, out
+    mine = json.loads((tmp_path / "out" / "results.json").read_text())["metrics"]
+    demo = json.loads((demo_run / "results.json").read_text())["metrics"]
+    assert mine["clean.accuracy"] == demo["clean.accuracy"]
+    assert "report:" in out
+
+
+def test_audit_from_config_file(demo_run: Path) -> None:
+    code, out = invoke(
+        "audit",
+        "--config",
+        str(demo_run / "auditkit.toml"),
+        "--limit",
+        "50",
+        "--out",
+        str(demo_run / "limited"),
+        "--no-progress",
+    )
+    assert code == 0, out
+    assert json.loads((demo_run / "limited" / "results.json").read_text())["manifest"]["num_samples"] == 50
+
+
+def test_report_rerenders_identically(demo_run: Path, tmp_path: Path) -> None:
+    code, out = invoke("report", str(demo_run / "results.json"), "--out", str(tmp_path / "again.html"))
+    assert code == 0, out
+    assert (tmp_path / "again.html").read_text() == (demo_run / "index.html").read_text()
+
+
+@pytest.mark.parametrize("command", ["rotate", "attack", "harden", "shortcut", "subgroups", "saliency", "gate"])
+def test_unbuilt_commands_say_so(command: str) -> None:
+    code, out = invoke(command, "model.pt", "digits")
+    assert code == 2
+    assert "not built yet" in out
+
+
+def test_help_lists_every_command() -> None:
+    code, out = invoke("--help")
+    assert code == 0
+    for command in (
+        "rotate",
+        "attack",
+        "harden",
+        "shortcut",
+        "subgroups",
+        "saliency",
+        "audit",
+        "gate",
+        "report",
+        "demo",
+    ):
+        assert command in out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["audit", "m.pt", "digits", "--device", "tpu"], 2, "device must be one of"),
+        (["audit", "m.pt", "digits", "--bogus"], 2, "No such option"),
+        (["audit"], 2, "no model given"),
+        (["audit", "missing.pt", "digits"], 3, "model file not found"),
+        (["report", "nope.json"], 3, "cannot read results file"),
+        (["demo", "--epochs", "0"], 2, "--epochs must be at least 1"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code(args: list[str], code: int, needle: str, tmp_path: Path) -> None:
+    got, out = invoke(*args)
+    assert got == code, out
+    assert needle in out
+    assert "Traceback" not in out
+
+
+def test_missing_data_exit_3(tmp_path: Path, tiny_net: torch.nn.Module) -> None:
+    model = save_model(tiny_net, DIGITS_SPEC, tmp_path / "m.safetensors")
+    code, out = invoke("audit", str(model), str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o"))
+    assert code == 3 and "dataset not found" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_nan_model_exit_3(tmp_path: Path) -> None:
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    with torch.no_grad():
+        net[1].weight.fill_(float("nan"))
+    spec = DIGITS_SPEC.merged(arch="tests.test_cli:nan_net")
+    model = save_model(net, spec, tmp_path / "m.safetensors")
+    code, out = invoke("audit", str(model), "digits", "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 3, out
+    assert "NaN or infinite" in out
+
+
+def nan_net(num_classes: int = 10) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, num_classes))
+
+
+def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_net: torch.nn.Module) -> None:
+    import auditkit.audit
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(auditkit.audit, "run_audit", interrupted)
+    model = save_model(tiny_net, DIGITS_SPEC, tmp_path / "m.safetensors")
+    code, out = invoke("audit", str(model), "digits")
+    assert code == 130 and "interrupted" in out

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from auditkit.data import digits_split, load_dataset
+from auditkit.exceptions import DataError
+from tests.conftest import write_png
+
+
+def test_manifest_with_metadata(manifest_dir: Path) -> None:
+    data = load_dataset(manifest_dir / "manifest.csv")
+    assert len(data) == 12
+    assert data.images.shape == (12, 1, 28, 28) and data.images.dtype == torch.uint8
+    assert data.class_names == ("0", "1", "2")
+    assert data.labels.tolist() == [i % 3 for i in range(12)]
+    assert data.metadata["site"] == tuple("A" * 8 + "B" * 4)
+    assert data.ids[0] == "imgs/0.png"
+    expected = np.asarray(Image.open(manifest_dir / "imgs" / "5.png"))
+    assert np.array_equal(data.images[5, 0].numpy(), expected)
+
+
+def test_manifest_labels_checked_against_model_classes(manifest_dir: Path) -> None:
+    data = load_dataset(manifest_dir / "manifest.csv", class_names=["2", "1", "0"])
+    assert data.labels.tolist()[:3] == [2, 1, 0]
+    with pytest.raises(DataError, match="label '2' is not among the model's classes"):
+        load_dataset(manifest_dir / "manifest.csv", class_names=["0", "1"])
+
+
+def test_manifest_missing_columns(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("file,y\na.png,1\n")
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['path', 'label'\]"):
+        load_dataset(tmp_path / "m.csv")
+
+
+@pytest.mark.parametrize("bad", ["../outside.png", "imgs/../../outside.png"])
+def test_manifest_path_escape_rejected(manifest_dir: Path, bad: str) -> None:
+    write_png(manifest_dir.parent / "outside.png", np.zeros((28, 28)))
+    (manifest_dir / "evil.csv").write_text(f"path,label\nimgs/0.png,0\n{bad},1\n")
+    with pytest.raises(DataError, match="escapes the manifest's folder"):
+        load_dataset(manifest_dir / "evil.csv")
+
+
+def test_manifest_absolute_path_rejected(manifest_dir: Path) -> None:
+    (manifest_dir / "evil.csv").write_text(f"path,label\n{manifest_dir / 'imgs' / '0.png'},0\n")
+    with pytest.raises(DataError, match="absolute path"):
+        load_dataset(manifest_dir / "evil.csv")
+
+
+def test_manifest_symlink_out_rejected(manifest_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    outside = write_png(tmp_path_factory.mktemp("elsewhere") / "secret.png", np.zeros((28, 28)))
+    os.symlink(outside, manifest_dir / "imgs" / "link.png")
+    (manifest_dir / "evil.csv").write_text("path,label\nimgs/link.png,0\n")
+    with pytest.raises(DataError, match="escapes"):
+        load_dataset(manifest_dir / "evil.csv")
+
+
+def test_image_folder_symlink_out_rejected(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    write_png(tmp_path / "cat" / "a.png", np.zeros((8, 8)))
+    outside = write_png(tmp_path_factory.mktemp("elsewhere") / "secret.png", np.zeros((8, 8)))
+    os.symlink(outside, tmp_path / "cat" / "b.png")
+    with pytest.raises(DataError, match="outside"):
+        load_dataset(tmp_path)
+
+
+def test_image_folder(tmp_path: Path, rng: np.random.Generator) -> None:
+    for cls in ("cat", "dog"):
+        for i in range(3):
+            write_png(tmp_path / cls / f"{i}.png", rng.integers(0, 256, (10, 12, 3)))
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    data = load_dataset(tmp_path)
+    assert data.class_names == ("cat", "dog")
+    assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.images.shape == (6, 3, 10, 12)
+    resized = load_dataset(tmp_path, image_size=(16, 16), channels=1)
+    assert resized.images.shape == (6, 1, 16, 16)
+
+
+def test_npz_with_group_arrays(tmp_path: Path, rng: np.random.Generator) -> None:
+    x = rng.random((5, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 1, 0, 2]), skin=np.array(["a", "b", "a", "b", "a"]))
+    data = load_dataset(tmp_path / "d.npz")
+    assert data.images.shape == (5, 1, 6, 6)
+    assert np.array_equal(data.images[:, 0].numpy(), np.round(x * 255).astype(np.uint8))
+    assert data.labels.tolist() == [0, 1, 1, 0, 2]
+    assert data.metadata["skin"] == ("a", "b", "a", "b", "a")
+
+
+def test_npz_rejects_out_of_range_floats(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", x=np.full((2, 4, 4), 3.0), y=np.array([0, 1]))
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        load_dataset(tmp_path / "d.npz")
+
+
+def test_builtin_digits_is_the_held_out_split() -> None:
+    data = load_dataset("digits")
+    split = digits_split()
+    assert len(data) == len(split["test"]["y"]) == 540
+    assert data.images.shape[1:] == (1, 28, 28)
+    assert set(data.metadata["site"]) == {"A", "B"}
+    train_b = np.mean(split["train"]["site"] == "B")
+    test_b = np.mean(split["test"]["site"] == "B")
+    assert train_b < 0.15 < 0.2 < test_b
+
+
+def test_limit_and_seeded_sample(manifest_dir: Path) -> None:
+    assert len(load_dataset(manifest_dir / "manifest.csv", limit=5)) == 5
+    a = load_dataset(manifest_dir / "manifest.csv", sample=6, seed=3)
+    b = load_dataset(manifest_dir / "manifest.csv", sample=6, seed=3)
+    c = load_dataset(manifest_dir / "manifest.csv", sample=6, seed=4)
+    assert a.ids == b.ids and len(a) == 6
+    assert a.ids != c.ids
+
+
+def _corrupt(manifest_dir: Path) -> None:
+    good = (manifest_dir / "imgs" / "1.png").read_bytes()
+    (manifest_dir / "imgs" / "1.png").write_bytes(good[: len(good) // 2])  # truncated
+    (manifest_dir / "imgs" / "2.png").write_bytes(b"")  # zero bytes
+    (manifest_dir / "imgs" / "3.png").write_text("<html>not an image</html>")
+
+
+def test_corrupt_images_skipped_with_paths(manifest_dir: Path) -> None:
+    _corrupt(manifest_dir)
+    data = load_dataset(manifest_dir / "manifest.csv", max_bad_fraction=0.5)
+    assert len(data) == 9
+    assert sorted(p for p, _ in data.skipped) == ["imgs/1.png", "imgs/2.png", "imgs/3.png"]
+    assert "imgs/1.png" not in data.ids
+    assert data.metadata["site"] == ("A",) * 5 + ("B",) * 4
+
+
+def test_too_many_corrupt_images_fail(manifest_dir: Path) -> None:
+    _corrupt(manifest_dir)
+    with pytest.raises(DataError, match="3 of 12 image files could not be read"):
+        load_dataset(manifest_dir / "manifest.csv", max_bad_fraction=0.1)
+
+
+def test_decompression_bomb_is_rejected(manifest_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 28 * 28 - 1)  # every 28x28 image now trips the warning
+    with pytest.raises(DataError, match="decompression bomb"):
+        load_dataset(manifest_dir / "manifest.csv")
+
+
+def test_missing_dataset() -> None:
+    with pytest.raises(DataError, match="dataset not found"):
+        load_dataset("/nonexistent/data.csv")

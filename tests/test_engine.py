@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from auditkit.checks.clean import CleanAccuracy
+from auditkit.data import load_dataset
+from auditkit.engine import Engine, eval_mode, resolve_device
+from auditkit.exceptions import ConfigError, ModelError, NonFiniteOutputError
+from auditkit.models import AuditModel
+from tests.conftest import DIGITS_SPEC
+
+
+@pytest.fixture
+def model(tiny_net: torch.nn.Module) -> AuditModel:
+    return AuditModel(tiny_net, DIGITS_SPEC)
+
+
+def test_results_do_not_depend_on_batch_size(model: AuditModel) -> None:
+    data = load_dataset("digits", limit=100)
+    runs = [Engine(device="cpu", batch_size=bs, progress=False) for bs in (1, 7, 64, 1000)]
+    preds = [e.predict(model, data) for e in runs]
+    for p in preds[1:]:
+        assert torch.equal(p.pred, preds[0].pred)
+        torch.testing.assert_close(p.logits, preds[0].logits, rtol=1e-5, atol=1e-5)
+    results = [CleanAccuracy().run(model, data, engine=e) for e in runs]
+    for r in results[1:]:
+        assert r.confusion == results[0].confusion
+        assert r.accuracy == results[0].accuracy
+        assert [c.accuracy for c in r.per_class] == [c.accuracy for c in results[0].per_class]
+        assert [e.id for e in r.errors] == [e.id for e in results[0].errors]
+        assert r.mean_confidence == pytest.approx(results[0].mean_confidence, rel=1e-5)
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_results(model: AuditModel) -> None:
+    data = load_dataset("digits", limit=50)
+    reference = Engine(device="cpu", batch_size=50, progress=False).predict(model, data)
+    calls: list[int] = []
+
+    class OOMAbove8(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            if x.shape[0] > 8:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return model(x)
+
+    engine = Engine(device="cpu", batch_size=32, progress=False)
+    got = engine.predict(OOMAbove8(), data)
+    assert engine.batch_size == 8
+    assert calls[:3] == [32, 16, 8]
+    assert torch.equal(got.pred, reference.pred)
+
+
+def test_clean_pass_is_computed_once(model: AuditModel) -> None:
+    data = load_dataset("digits", limit=20)
+    engine = Engine(device="cpu", progress=False)
+    assert engine.predict(model, data) is engine.predict(model, data)
+
+
+def test_eval_mode_restores_each_module() -> None:
+    net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(3))
+    net.train()
+    net[1].eval()
+    with eval_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert net.training and net[0].training and not net[1].training
+
+
+def test_non_finite_outputs_fail_naming_samples() -> None:
+    class HalfNaN(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(x.shape[0], 10)
+            out[::2] = float("inf")
+            return out
+
+    data = load_dataset("digits", limit=4)
+    with pytest.raises(NonFiniteOutputError, match="2 samples"):
+        Engine(device="cpu", progress=False).predict(HalfNaN(), data)
+
+
+def test_model_crash_becomes_model_error() -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("boom")
+
+    with pytest.raises(ModelError, match="boom"):
+        Engine(device="cpu", progress=False).predict(Broken(), load_dataset("digits", limit=4))
+
+
+def test_device_choices() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ConfigError, match="must be one of auto, cpu, cuda, mps"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_bad_batch_size() -> None:
+    with pytest.raises(ConfigError, match="batch-size"):
+        Engine(batch_size=0)

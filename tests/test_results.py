@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from auditkit.exceptions import DataError
+from auditkit.results import SCHEMA_VERSION, RunResults
+
+
+def test_round_trip_is_exact(demo_run: Path) -> None:
+    results = RunResults.read(demo_run / "results.json")
+    again = RunResults.from_json(results.to_json())
+    assert again == results
+    assert results.to_json() == (demo_run / "results.json").read_text()
+
+
+def test_results_json_shape(demo_run: Path) -> None:
+    doc = json.loads((demo_run / "results.json").read_text())
+    assert doc["schema_version"] == SCHEMA_VERSION
+    assert {"model_sha256", "data_sha256", "torch_version", "seed", "device", "config", "timings"} <= set(
+        doc["manifest"]
+    )
+    assert doc["metrics"]["clean.accuracy"] >= 0.95
+    assert [c["kind"] for c in doc["checks"]] == ["clean"]
+
+
+def test_newer_major_schema_refused(demo_run: Path, tmp_path: Path) -> None:
+    doc = json.loads((demo_run / "results.json").read_text())
+    doc["schema_version"] = "99.0"
+    with pytest.raises(DataError, match=r"schema_version 99\.0"):
+        RunResults.from_json(json.dumps(doc))
+
+
+def test_not_results_json() -> None:
+    with pytest.raises(DataError, match=r"not a valid auditkit results\.json"):
+        RunResults.from_json('{"hello": 1}')
