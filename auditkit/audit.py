@@ -9,6 +9,7 @@ import dataclasses
 import datetime as _dt
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ import torchvision
 from auditkit import __version__
 from auditkit.checks.base import Check
 from auditkit.checks.clean import CleanAccuracy
+from auditkit.checks.rotation import RotationSweep, parse_angles
 from auditkit.config import AuditConfig
 from auditkit.data import ImageDataset, load_dataset
 from auditkit.engine import Engine, eval_mode
@@ -24,7 +26,25 @@ from auditkit.models import LoadedModel, ModelSpec, load_model, probe_outputs
 from auditkit.report.html import write_report
 from auditkit.results import RunManifest, RunResults, collect_metrics
 
-CHECKS: dict[str, type[Check]] = {"clean": CleanAccuracy}
+
+def build_checks(config: AuditConfig) -> list[Check]:
+    """The configured checks, in order, with their settings from the config."""
+    factories: dict[str, Callable[[], Check]] = {
+        "clean": CleanAccuracy,
+        "rotation": lambda: RotationSweep(
+            angles=parse_angles(config.angles),
+            mean_range=config.mean_range,
+            fraction_of_clean=config.fraction_of_clean,
+            interpolation=config.interpolation,  # type: ignore[arg-type]  # validated in config
+            fill=config.fill,  # type: ignore[arg-type]
+            spatial=config.spatial,
+            spatial_angles=parse_angles(config.spatial_angles),
+            translate=config.translate,
+            translate_steps=config.translate_steps,
+            k=config.worst_of_k,
+        ),
+    }
+    return [factories[name]() for name in config.checks]
 
 
 def make_engine(config: AuditConfig) -> Engine:
@@ -84,10 +104,10 @@ def run_audit(config: AuditConfig, *, engine: Engine | None = None) -> RunResult
     engine.predict(loaded.model, data)
     timings.append(("clean_pass", time.perf_counter() - t1))
     results = []
-    for name in config.checks:
+    for check in build_checks(config):
         t = time.perf_counter()
-        results.append(CHECKS[name]().run(loaded.model, data, engine=engine))
-        timings.append((name, time.perf_counter() - t))
+        results.append(check.run(loaded.model, data, engine=engine))
+        timings.append((check.name, time.perf_counter() - t))
     checks = tuple(results)
     manifest = RunManifest(
         auditkit_version=__version__,

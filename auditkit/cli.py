@@ -141,63 +141,89 @@ def _floats(name: str, text: str | None) -> tuple[float, ...] | None:
         raise ConfigError(f"--{name} takes comma-separated numbers like 0.485,0.456,0.406, got {text!r}") from None
 
 
-@app.command()
-@handle_errors
-def audit(
-    model: ModelArg = None,
-    data: DataArg = None,
-    config: ConfigOpt = None,
-    arch: ArchOpt = None,
-    num_classes: NumClassesOpt = None,
-    input_size: InputSizeOpt = None,
-    channels: ChannelsOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    trust_model: TrustOpt = None,
-    device: DeviceOpt = None,
-    batch_size: BatchOpt = None,
-    seed: SeedOpt = None,
-    deterministic: DeterministicOpt = None,
-    limit: LimitOpt = None,
-    sample: SampleOpt = None,
-    max_bad_fraction: BadOpt = None,
-    out: OutOpt = None,
-    progress: ProgressOpt = True,
-) -> None:
-    """Audit MODEL on DATA with every built check; write results.json and index.html.
+def _opt(help_text: str, *names: str) -> Any:
+    return typer.Option(*names, help=help_text, show_default=False)
 
-    Built so far: clean accuracy (overall, per class, confusion matrix, errors). The other
-    checks are added here as they are built.
-    """
-    from auditkit.audit import run_audit, write_outputs
-    from auditkit.config import resolve_config
 
-    cfg = resolve_config(
-        {
-            "model": model,
-            "data": data,
-            "arch": arch,
-            "num_classes": num_classes,
-            "input_size": input_size,
-            "channels": channels,
-            "mean": _floats("mean", mean),
-            "std": _floats("std", std),
-            "trust_model": trust_model,
-            "device": device,
-            "batch_size": batch_size,
-            "seed": seed,
-            "deterministic": deterministic,
-            "limit": limit,
-            "sample": sample,
-            "max_bad_fraction": max_bad_fraction,
-            "out": out,
-            "progress": progress,
-        },
-        config,
-    )
-    results = run_audit(cfg)
-    json_path, html_path = write_outputs(results, cfg.out)
-    _print_summary(results, json_path, html_path)
+AnglesOpt = Annotated[
+    str | None, _opt("Rotation angles: start:stop:step (inclusive) or a list. [default: -180:180:10]")
+]
+MeanRangeOpt = Annotated[float | None, _opt("Summarise mean accuracy over +/- this many degrees. [default: 30]")]
+FractionOpt = Annotated[
+    float | None, _opt("Report the first angle where accuracy falls below this fraction of clean. [default: 0.5]")
+]
+InterpOpt = Annotated[str | None, _opt("Interpolation: bilinear or nearest. [default: bilinear]")]
+FillOpt = Annotated[str | None, _opt("What fills the corners: zeros, border or reflection. [default: zeros]")]
+SpatialOpt = Annotated[
+    bool | None, _opt("Run the spatial attack (rotations x translations grid).", "--spatial/--no-spatial")
+]
+SpatialAnglesOpt = Annotated[str | None, _opt("Angles of the spatial attack grid. [default: -30:30:6]")]
+TranslateOpt = Annotated[float | None, _opt("Largest shift in pixels of the spatial attack grid. [default: 3]")]
+TranslateStepsOpt = Annotated[int | None, _opt("Shift values per axis, from -translate to +translate. [default: 5]")]
+WorstOfKOpt = Annotated[int | None, _opt("k random grid points for the worst-of-k attack. [default: 10]", "--k")]
+
+
+def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
+    """One command body for ``audit`` (every built check) and the single-check commands."""
+
+    @handle_errors
+    def command(
+        model: ModelArg = None,
+        data: DataArg = None,
+        config: ConfigOpt = None,
+        arch: ArchOpt = None,
+        num_classes: NumClassesOpt = None,
+        input_size: InputSizeOpt = None,
+        channels: ChannelsOpt = None,
+        mean: MeanOpt = None,
+        std: StdOpt = None,
+        trust_model: TrustOpt = None,
+        device: DeviceOpt = None,
+        batch_size: BatchOpt = None,
+        seed: SeedOpt = None,
+        deterministic: DeterministicOpt = None,
+        limit: LimitOpt = None,
+        sample: SampleOpt = None,
+        max_bad_fraction: BadOpt = None,
+        out: OutOpt = None,
+        angles: AnglesOpt = None,
+        mean_range: MeanRangeOpt = None,
+        fraction_of_clean: FractionOpt = None,
+        interpolation: InterpOpt = None,
+        fill: FillOpt = None,
+        spatial: SpatialOpt = None,
+        spatial_angles: SpatialAnglesOpt = None,
+        translate: TranslateOpt = None,
+        translate_steps: TranslateStepsOpt = None,
+        k: WorstOfKOpt = None,
+        progress: ProgressOpt = True,
+    ) -> None:
+        values = dict(locals())
+        values.pop("config")
+
+        from auditkit.audit import run_audit, write_outputs
+        from auditkit.config import resolve_config
+
+        values["mean"], values["std"] = _floats("mean", mean), _floats("std", std)
+        values["worst_of_k"] = values.pop("k")
+        values["checks"] = checks
+        cfg = resolve_config(values, config)
+        results = run_audit(cfg)
+        json_path, html_path = write_outputs(results, cfg.out)
+        _print_summary(results, json_path, html_path)
+
+    return command
+
+
+app.command(
+    "audit",
+    help="Audit MODEL on DATA with every built check (clean accuracy, rotation); write results.json and index.html.",
+)(_audit_command(None))
+app.command(
+    "rotate",
+    help="Accuracy against rotation angle, overall and per class, and a worst-of-k spatial attack "
+    "(rotations x translations); writes results.json and index.html.",
+)(_audit_command(("clean", "rotation")))
 
 
 def _print_summary(results: Any, json_path: Path, html_path: Path) -> None:
@@ -270,7 +296,6 @@ def _not_built(name: str, issue: str) -> None:
 
 
 for _name, _issue in (
-    ("rotate", "accuracy vs rotation angle, per class; worst-of-k spatial attack"),
     ("attack", "FGSM/PGD robust-accuracy curves over epsilons"),
     ("harden", "adversarial training and rotation augmentation"),
     ("shortcut", "shortcut-learning probes"),

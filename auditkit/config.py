@@ -13,7 +13,8 @@ from typing import Any
 from auditkit.engine import DEVICES
 from auditkit.exceptions import ConfigError
 
-AVAILABLE_CHECKS: tuple[str, ...] = ("clean",)
+AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation")
+LIST_AS_TEXT = ("angles", "spatial_angles")
 PATH_KEYS = ("model", "data", "out")
 
 
@@ -40,6 +41,17 @@ class AuditConfig:
     out: str = "reports/latest"
     checks: tuple[str, ...] = AVAILABLE_CHECKS
     progress: bool = True
+    # rotation
+    angles: str = "-180:180:10"
+    mean_range: float = 30.0
+    fraction_of_clean: float = 0.5
+    interpolation: str = "bilinear"
+    fill: str = "zeros"
+    spatial: bool = True
+    spatial_angles: str = "-30:30:6"
+    translate: float = 3.0
+    translate_steps: int = 5
+    worst_of_k: int = 10
 
     def as_pairs(self) -> tuple[tuple[str, str], ...]:
         """The config as sorted ``(key, repr)`` pairs for the run manifest."""
@@ -119,6 +131,9 @@ def resolve_config(cli: Mapping[str, Any], config_file: Path | None = None) -> A
             raise ConfigError(f"unknown key(s) {unknown} in {config_file}; allowed: {', '.join(sorted(FIELDS))}")
         values.update(file_values)
     values.update({k: v for k, v in cli.items() if v is not None})
+    for key in LIST_AS_TEXT:
+        if isinstance(values.get(key), (list, tuple)):
+            values[key] = ",".join(str(v) for v in values[key])
     for required in ("model", "data"):
         if not values.get(required):
             raise ConfigError(f'no {required} given: pass it as an argument or set {required} = "..." in auditkit.toml')
@@ -150,6 +165,19 @@ def validate(config: AuditConfig) -> None:
         val = getattr(config, key)
         if val is not None and val < 1:
             raise ConfigError(f"{key} must be positive, got {val}")
+    from auditkit.checks.rotation import parse_angles
+    from auditkit.perturb import FILLS, INTERPOLATIONS
+
+    parse_angles(config.angles)
+    parse_angles(config.spatial_angles)
+    if config.interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {config.interpolation!r}")
+    if config.fill not in FILLS:
+        raise ConfigError(f"fill must be one of {', '.join(FILLS)}, got {config.fill!r}")
+    if not 0 < config.fraction_of_clean <= 1:
+        raise ConfigError(f"fraction_of_clean must be in (0, 1], got {config.fraction_of_clean}")
+    if config.translate < 0 or config.translate_steps < 1 or config.worst_of_k < 1 or config.mean_range < 0:
+        raise ConfigError("translate and mean_range must be >= 0, translate_steps and worst_of_k >= 1")
     unknown = [c for c in config.checks if c not in AVAILABLE_CHECKS]
     if unknown:
         raise ConfigError(f"checks must be among {list(AVAILABLE_CHECKS)} (others are not built yet), got {unknown}")

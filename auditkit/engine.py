@@ -99,6 +99,7 @@ class Engine:
         seed: int = 0,
         deterministic: bool = False,
         progress: bool = True,
+        forward_factor: int = 4,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -107,6 +108,7 @@ class Engine:
         self.seed = seed
         self.deterministic = deterministic
         self.progress = progress
+        self.forward_factor = forward_factor
         self._clean: list[tuple[nn.Module, ImageDataset, Predictions]] = []
 
     def seed_everything(self) -> None:
@@ -168,6 +170,50 @@ class Engine:
                 start = stop
 
         return self.track(batches(), steps, description)
+
+    def sweep(
+        self,
+        model: nn.Module,
+        data: ImageDataset,
+        perturbation: Callable[[Tensor, Tensor], Tensor],
+        params: Tensor,
+        *,
+        description: str,
+        identity: Tensor | None = None,
+    ) -> Tensor:
+        """Predicted class of every sample under every parameter row: ``(N, P)`` int64.
+
+        ``params`` is ``(P, D)``; ``perturbation(x, p)`` takes ``x`` ``(B, C, H, W)`` and one
+        parameter row per image ``(B, D)``. Several parameter rows share a forward batch (up to
+        ``forward_factor`` times the batch size). Rows flagged in ``identity`` ``(P,)`` reuse the
+        clean pass instead of running the model again, so they reproduce it exactly.
+        """
+        n_params = int(params.shape[0])
+        clean = self.predict(model, data)
+        same = identity if identity is not None else torch.zeros(n_params, dtype=torch.bool)
+        todo = torch.nonzero(~same).flatten()
+        out = torch.empty(len(data), n_params, dtype=torch.int64)
+        out[:, same] = clean.pred.unsqueeze(1)
+        if len(todo) == 0:
+            return out
+        dev_params = params[todo].to(self.device)
+
+        def run(b: Batch) -> tuple[int, int, Tensor]:
+            size = b.x.shape[0]
+            chunk = max(1, (self.batch_size * self.forward_factor) // size)
+            preds = []
+            for start in range(0, len(todo), chunk):
+                p = dev_params[start : start + chunk]
+                c = p.shape[0]
+                xs = b.x.unsqueeze(1).expand(size, c, *b.x.shape[1:]).reshape(size * c, *b.x.shape[1:])
+                logits = model(perturbation(xs, p.repeat(size, 1)))
+                preds.append(logits.argmax(dim=1).view(size, c).cpu())
+            return b.start, b.stop, torch.cat(preds, dim=1)
+
+        with eval_mode(model):
+            for start, stop, preds in self.map(run, data, description=description):
+                out[start:stop, todo] = preds
+        return out
 
     def predict(self, model: nn.Module, data: ImageDataset) -> Predictions:
         """The clean forward pass over ``data``, computed once per (model, data) and cached."""

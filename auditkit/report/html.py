@@ -11,6 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from auditkit.checks.clean import CleanResult
+from auditkit.checks.rotation import RotationResult
 from auditkit.io import atomic_write_text
 from auditkit.report import plots
 from auditkit.results import CheckResult, RunResults
@@ -25,7 +26,12 @@ SECTION_PLOTS: dict[str, Callable[[Any], dict[str, Markup]]] = {
     },
 }
 
-SECTION_TITLES = {"clean": "Clean accuracy"}
+SECTION_PLOTS["rotation"] = lambda r: {
+    "curve_svg": Markup(plots.sanitize_svg(plots.rotation_curve(r))),
+    "per_class_svg": Markup(plots.sanitize_svg(plots.rotation_per_class(r))),
+}
+
+SECTION_TITLES = {"clean": "Clean accuracy", "rotation": "Rotation robustness"}
 
 
 def _pct(value: float, digits: int = 1) -> str:
@@ -48,6 +54,14 @@ def headline(check: CheckResult) -> str:
     if isinstance(check, CleanResult):
         a = check.accuracy
         return f"{_pct(a.value)} accuracy (95% CI {_pct(a.low)}–{_pct(a.high)}) on {a.n} images"
+    if isinstance(check, RotationResult):
+        text = (
+            f"{_pct(check.mean_accuracy.value)} mean accuracy within ±{check.mean_range:g}°; "
+            f"worst {_pct(check.worst_accuracy)} at {check.worst_angle:g}°"
+        )
+        if check.spatial is not None:
+            text += f"; spatial attack (grid) leaves {_pct(check.spatial.grid.value)}"
+        return text
     return ""
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from auditkit.checks.clean import CleanResult
+from auditkit.checks.rotation import RotationResult
 
 _STYLE: Any = {"svg.fonttype": "none", "svg.hashsalt": "auditkit", "font.size": 9}
 
@@ -103,3 +104,62 @@ def confusion_matrix(result: CleanResult) -> str:
 def sanitize_svg(svg: str) -> str:
     """Drop anything script-like from an SVG produced here (defence in depth)."""
     return re.sub(r"<script.*?</script>", "", svg, flags=re.S | re.I)
+
+
+def rotation_curve(result: RotationResult) -> str:
+    """Accuracy vs angle with its 95% band, the clean accuracy and the chance level."""
+    angles = np.array([p.angle for p in result.points])
+    acc = np.array([p.accuracy.value for p in result.points])
+    low = np.array([p.accuracy.low for p in result.points])
+    high = np.array([p.accuracy.high for p in result.points])
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(7.0, 3.0))
+        ax.fill_between(angles, low, high, color="#4c78a8", alpha=0.25, lw=0, label="95% interval")
+        ax.plot(angles, acc, color="#4c78a8", marker="o", ms=3, lw=1.5, label="accuracy")
+        ax.axhline(result.clean_accuracy, color="#54a24b", lw=1, ls="--", label="clean (0°)")
+        ax.axhline(1 / max(1, len(result.class_names)), color="#999", lw=1, ls=":", label="chance")
+        ax.axvspan(
+            -result.mean_range,
+            result.mean_range,
+            color="#f2cf5b",
+            alpha=0.15,
+            lw=0,
+            label=f"±{result.mean_range:g}° range",
+        )
+        ax.set_xlabel("rotation angle (degrees, positive = counter-clockwise)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.02)
+        if angles.size and angles.max() - angles.min() >= 180:
+            ax.set_xticks(np.arange(-180, 181, 45))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+    return to_svg(fig)
+
+
+def rotation_per_class(result: RotationResult) -> str:
+    """Small multiples: accuracy vs angle for each class, the overall curve in grey behind."""
+    angles = np.array([p.angle for p in result.points])
+    overall = np.array([p.accuracy.value for p in result.points])
+    shown = [c for c in range(len(result.class_names)) if result.points and result.points[0].per_class[c].n > 0][:30]
+    cols = min(5, max(1, len(shown)))
+    rows = -(-len(shown) // cols)
+    recovered = {(r.class_name) for r in result.recoveries}
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.5 * rows), sharex=True, sharey=True, squeeze=False)
+        for ax in axes.flat:
+            ax.set_visible(False)
+        for ax, c in zip(axes.flat, shown, strict=False):
+            ax.set_visible(True)
+            acc = np.array([p.per_class[c].value for p in result.points])
+            name = result.class_names[c]
+            ax.plot(angles, overall, color="#bbb", lw=1)
+            ax.plot(angles, acc, color="#e45756" if name in recovered else "#4c78a8", lw=1.4)
+            ax.set_title(_short(name) + (" ★" if name in recovered else ""), fontsize=9)
+            ax.set_ylim(0, 1.05)
+            if angles.size and angles.max() - angles.min() >= 180:
+                ax.set_xticks([-180, -90, 0, 90, 180])
+            ax.tick_params(labelsize=7)
+        fig.supxlabel("angle (degrees)", fontsize=8)
+        fig.supylabel("accuracy", fontsize=8)
+        fig.tight_layout()
+    return to_svg(fig)

@@ -1,0 +1,72 @@
+"""Batched, differentiable image perturbations: ``(x, params) -> x'`` on the engine's device.
+
+A perturbation is applied to a whole batch at once, with one parameter row per sample, so a
+sweep can put several parameter values into one forward batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+Interpolation = Literal["bilinear", "nearest"]
+Fill = Literal["zeros", "border", "reflection"]
+INTERPOLATIONS: tuple[str, ...] = ("bilinear", "nearest")
+FILLS: tuple[str, ...] = ("zeros", "border", "reflection")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Affine:
+    """Rotate about the image centre then translate, as one ``grid_sample``.
+
+    Parameters per sample are rows ``(angle_degrees, dx_pixels, dy_pixels)``; a positive angle
+    turns the image counter-clockwise (torchvision's convention), positive ``dx`` moves it right
+    and positive ``dy`` down. ``fill`` says what enters from outside the image.
+    """
+
+    interpolation: Interpolation = "bilinear"
+    fill: Fill = "zeros"
+
+    def __call__(self, x: Tensor, params: Tensor) -> Tensor:
+        """``x``: ``(B, C, H, W)``; ``params``: ``(B, 3)`` -> ``(B, C, H, W)``."""
+        b, _, h, w = x.shape
+        p = params.to(device=x.device, dtype=torch.float32)
+        theta_rad = p[:, 0] * (math.pi / 180.0)
+        cos, sin = torch.cos(theta_rad), torch.sin(theta_rad)
+        # affine_grid maps output coordinates to input coordinates (normalised to [-1, 1]);
+        # rotating the image by +a samples the input at the output point rotated by -a.
+        theta = torch.zeros(b, 2, 3, device=x.device, dtype=torch.float32)
+        theta[:, 0, 0] = cos
+        theta[:, 0, 1] = -sin * (h / w)
+        theta[:, 1, 0] = sin * (w / h)
+        theta[:, 1, 1] = cos
+        # translation by (dx, dy) pixels: sample the input at (x - dx, y - dy), rotated back
+        tx = -2.0 * p[:, 1] / w
+        ty = -2.0 * p[:, 2] / h
+        theta[:, 0, 2] = cos * tx - sin * (h / w) * ty
+        theta[:, 1, 2] = sin * (w / h) * tx + cos * ty
+        grid = F.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
+        return F.grid_sample(
+            x.float(), grid.to(x.dtype), mode=self.interpolation, padding_mode=self.fill, align_corners=False
+        ).to(x.dtype)
+
+    @staticmethod
+    def is_identity(params: Tensor) -> Tensor:
+        """``(P, 3)`` -> ``(P,)`` bool: which parameter rows leave the image unchanged."""
+        return (params.abs() < 1e-9).all(dim=1)
+
+
+def rotations(angles: Tensor) -> Tensor:
+    """Angles ``(P,)`` in degrees -> affine parameter rows ``(P, 3)`` with no translation."""
+    return torch.stack([angles.float(), torch.zeros_like(angles.float()), torch.zeros_like(angles.float())], dim=1)
+
+
+def spatial_grid(angles: Tensor, shifts: Tensor) -> Tensor:
+    """Every (angle, dx, dy) combination: ``(len(angles) * len(shifts)**2, 3)``."""
+    a, dx, dy = torch.meshgrid(angles.float(), shifts.float(), shifts.float(), indexing="ij")
+    return torch.stack([a.flatten(), dx.flatten(), dy.flatten()], dim=1)
