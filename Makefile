@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/auditkit demo --out reports/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check auditkit tests
-	$(BIN)/ruff format --check auditkit tests
+	$(BIN)/ruff check auditkit tests benchmarks
+	$(BIN)/ruff format --check auditkit tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

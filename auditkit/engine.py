@@ -99,7 +99,7 @@ class Engine:
         seed: int = 0,
         deterministic: bool = False,
         progress: bool = True,
-        forward_factor: int = 4,
+        forward_factor: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -205,9 +205,10 @@ class Engine:
             for start in range(0, len(todo), chunk):
                 p = dev_params[start : start + chunk]
                 c = p.shape[0]
-                xs = b.x.unsqueeze(1).expand(size, c, *b.x.shape[1:]).reshape(size * c, *b.x.shape[1:])
-                logits = model(perturbation(xs, p.repeat(size, 1)))
-                preds.append(logits.argmax(dim=1).view(size, c).cpu())
+                # parameter-major layout: rows [p0 x B, p1 x B, ...] so a perturbation can share work per row
+                xs = b.x.repeat(c, *([1] * (b.x.ndim - 1)))
+                logits = model(perturbation(xs, p.repeat_interleave(size, dim=0)))
+                preds.append(logits.argmax(dim=1).view(c, size).t().cpu())
             return b.start, b.stop, torch.cat(preds, dim=1)
 
         with eval_mode(model):

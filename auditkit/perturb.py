@@ -33,14 +33,31 @@ class Affine:
     fill: Fill = "zeros"
 
     def __call__(self, x: Tensor, params: Tensor) -> Tensor:
-        """``x``: ``(B, C, H, W)``; ``params``: ``(B, 3)`` -> ``(B, C, H, W)``."""
+        """``x``: ``(B, C, H, W)``; ``params``: ``(B, 3)`` -> ``(B, C, H, W)``.
+
+        Consecutive rows with the same parameters share one sampling grid (a sweep lays its
+        batch out parameter by parameter), which saves building a grid per image.
+        """
         b, _, h, w = x.shape
         p = params.to(device=x.device, dtype=torch.float32)
+        blocks, counts = torch.unique_consecutive(p, dim=0, return_counts=True)
+        if len(blocks) * 8 > b:
+            return self._sample(x, self._grids(p, h, w))
+        grids = self._grids(blocks, h, w)
+        out = []
+        start = 0
+        for k, n in enumerate(counts.tolist()):
+            out.append(self._sample(x[start : start + n], grids[k : k + 1].expand(n, -1, -1, -1)))
+            start += n
+        return torch.cat(out)
+
+    def _grids(self, p: Tensor, h: int, w: int) -> Tensor:
+        """Sampling grids ``(P, H, W, 2)`` for parameter rows ``(P, 3)``."""
         theta_rad = p[:, 0] * (math.pi / 180.0)
         cos, sin = torch.cos(theta_rad), torch.sin(theta_rad)
         # affine_grid maps output coordinates to input coordinates (normalised to [-1, 1]);
         # rotating the image by +a samples the input at the output point rotated by -a.
-        theta = torch.zeros(b, 2, 3, device=x.device, dtype=torch.float32)
+        theta = torch.zeros(p.shape[0], 2, 3, device=p.device, dtype=torch.float32)
         theta[:, 0, 0] = cos
         theta[:, 0, 1] = -sin * (h / w)
         theta[:, 1, 0] = sin * (w / h)
@@ -50,10 +67,12 @@ class Affine:
         ty = -2.0 * p[:, 2] / h
         theta[:, 0, 2] = cos * tx - sin * (h / w) * ty
         theta[:, 1, 2] = sin * (w / h) * tx + cos * ty
-        grid = F.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
-        return F.grid_sample(
-            x.float(), grid.to(x.dtype), mode=self.interpolation, padding_mode=self.fill, align_corners=False
-        ).to(x.dtype)
+        return F.affine_grid(theta, [p.shape[0], 1, h, w], align_corners=False)
+
+    def _sample(self, x: Tensor, grid: Tensor) -> Tensor:
+        return F.grid_sample(x.float(), grid, mode=self.interpolation, padding_mode=self.fill, align_corners=False).to(
+            x.dtype
+        )
 
     @staticmethod
     def is_identity(params: Tensor) -> Tensor:
