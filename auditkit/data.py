@@ -64,6 +64,26 @@ class ImageDataset:
         return len(self.class_names)
 
 
+@dataclass(frozen=True, kw_only=True)
+class LoadOptions:
+    """What every loader needs besides the path (see :func:`load_dataset`)."""
+
+    class_names: Sequence[str] | None
+    num_classes: int | None
+    image_size: tuple[int, int] | None
+    channels: int | None
+    limit: int | None
+    sample: int | None
+    seed: int
+    max_bad_fraction: float
+    track: Tracker[tuple[Path, str, str]]
+
+    @property
+    def mode(self) -> str | None:
+        """The Pillow mode images are converted to (``None``: keep grey as grey, else RGB)."""
+        return {None: None, 1: "L", 3: "RGB"}[self.channels]
+
+
 def _no_track(it: Iterable[T], total: int, description: str) -> Iterator[T]:
     yield from it
 
@@ -299,34 +319,28 @@ def load_dataset(
     path = Path(source)
     if not path.exists():
         raise DataError(f"dataset not found: {path} (give a folder, a .csv manifest, an .npz or 'digits')")
-    mode = {None: None, 1: "L", 3: "RGB"}[channels]
+    options = LoadOptions(
+        class_names=class_names,
+        num_classes=num_classes,
+        image_size=image_size,
+        channels=channels,
+        limit=limit,
+        sample=sample,
+        seed=seed,
+        max_bad_fraction=max_bad_fraction,
+        track=track,
+    )
     if path.is_dir():
-        return _load_image_folder(
-            path, class_names, num_classes, image_size, channels, mode, limit, sample, seed, max_bad_fraction, track
-        )
+        return _load_image_folder(path, options)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return _load_manifest(
-            path, class_names, num_classes, image_size, channels, mode, limit, sample, seed, max_bad_fraction, track
-        )
+        return _load_manifest(path, options)
     if suffix == ".npz":
-        return _load_npz(path, class_names, num_classes, image_size, channels, limit, sample, seed)
+        return _load_npz(path, options)
     raise DataError(f"cannot tell the format of {path}: expected a folder, a .csv manifest or an .npz")
 
 
-def _load_image_folder(
-    root: Path,
-    class_names: Sequence[str] | None,
-    num_classes: int | None,
-    image_size: tuple[int, int] | None,
-    channels: int | None,
-    mode: str | None,
-    limit: int | None,
-    sample: int | None,
-    seed: int,
-    max_bad_fraction: float,
-    track: Tracker[tuple[Path, str, str]],
-) -> ImageDataset:
+def _load_image_folder(root: Path, o: LoadOptions) -> ImageDataset:
     from torchvision.datasets.folder import find_classes, make_dataset
 
     root = root.resolve()
@@ -337,7 +351,7 @@ def _load_image_folder(
         raise DataError(f"{root} is not an ImageFolder (one sub-folder per class): {exc}") from exc
     if not entries:
         raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under the class folders of {root}")
-    entries = [entries[i] for i in _subset(len(entries), limit, sample, seed)]
+    entries = [entries[i] for i in _subset(len(entries), o.limit, o.sample, o.seed)]
     rows = []
     for file, _ in entries:
         full = Path(file).resolve()
@@ -345,11 +359,11 @@ def _load_image_folder(
         if not full.is_relative_to(root):
             raise DataError(f"{shown}: a symlink that points outside {root}; rejected")
         rows.append((full, shown, shown))
-    images, kept, skipped = _decode_files(rows, mode=mode, max_bad_fraction=max_bad_fraction, track=track)
+    images, kept, skipped = _decode_files(rows, mode=o.mode, max_bad_fraction=o.max_bad_fraction, track=o.track)
     raw = [folders[entries[i][1]] for i in kept]
-    labels, names = _map_labels(raw, class_names or folders, num_classes, [rows[i][1] for i in kept])
+    labels, names = _map_labels(raw, o.class_names or folders, o.num_classes, [rows[i][1] for i in kept])
     return _finish(
-        images=_stack(images, image_size, channels),
+        images=_stack(images, o.image_size, o.channels),
         labels=labels,
         class_names=names,
         metadata={},
@@ -360,19 +374,7 @@ def _load_image_folder(
     )
 
 
-def _load_manifest(
-    path: Path,
-    class_names: Sequence[str] | None,
-    num_classes: int | None,
-    image_size: tuple[int, int] | None,
-    channels: int | None,
-    mode: str | None,
-    limit: int | None,
-    sample: int | None,
-    seed: int,
-    max_bad_fraction: float,
-    track: Tracker[tuple[Path, str, str]],
-) -> ImageDataset:
+def _load_manifest(path: Path, o: LoadOptions) -> ImageDataset:
     base = path.parent.resolve()
     try:
         with path.open(newline="", encoding="utf-8") as fh:
@@ -386,20 +388,20 @@ def _load_manifest(
         raise DataError(f"manifest {path} lacks column(s) {missing}; it has {fields}. Required: path,label")
     if not records:
         raise DataError(f"manifest {path} has no rows")
-    records = [records[i] for i in _subset(len(records), limit, sample, seed)]
+    records = [records[i] for i in _subset(len(records), o.limit, o.sample, o.seed)]
     rows = []
     for n, rec in enumerate(records):
         where = f"{path.name} row {n + 2}"
         raw = (rec.get("path") or "").strip()
         rows.append((_resolve_in(base, raw, where), raw, where))
-    images, kept, skipped = _decode_files(rows, mode=mode, max_bad_fraction=max_bad_fraction, track=track)
+    images, kept, skipped = _decode_files(rows, mode=o.mode, max_bad_fraction=o.max_bad_fraction, track=o.track)
     raw_labels = [(records[i].get("label") or "").strip() for i in kept]
-    labels, names = _map_labels(raw_labels, class_names, num_classes, [rows[i][2] for i in kept])
+    labels, names = _map_labels(raw_labels, o.class_names, o.num_classes, [rows[i][2] for i in kept])
     meta_cols = [c for c in fields if c not in ("path", "label")]
     notes = _read_card(path)
     metadata = {c: [(records[i].get(c) or "").strip() for i in kept] for c in meta_cols}
     return _finish(
-        images=_stack(images, image_size, channels),
+        images=_stack(images, o.image_size, o.channels),
         labels=labels,
         class_names=names,
         metadata=metadata,
@@ -431,16 +433,7 @@ def _read_card(manifest: Path) -> tuple[str, ...]:
     return tuple(str(n) for n in notes)
 
 
-def _load_npz(
-    path: Path,
-    class_names: Sequence[str] | None,
-    num_classes: int | None,
-    image_size: tuple[int, int] | None,
-    channels: int | None,
-    limit: int | None,
-    sample: int | None,
-    seed: int,
-) -> ImageDataset:
+def _load_npz(path: Path, o: LoadOptions) -> ImageDataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -463,18 +456,18 @@ def _load_npz(
         if not np.isfinite(xf).all() or xf.min() < 0 or xf.max() > 1:
             raise DataError(f"{path}: float images must lie in [0, 1]; got range [{xf.min()}, {xf.max()}]")
         x = np.round(xf * 255).astype(np.uint8)
-    idx = _subset(len(y), limit, sample, seed)
+    idx = _subset(len(y), o.limit, o.sample, o.seed)
     images = torch.from_numpy(np.ascontiguousarray(x[idx]))
-    if channels is not None or image_size is not None:
-        images = _stack(list(images), image_size, channels)
-    names_given = class_names or (tuple(str(s) for s in stored_names) if stored_names is not None else None)
+    if o.channels is not None or o.image_size is not None:
+        images = _stack(list(images), o.image_size, o.channels)
+    names_given = o.class_names or (tuple(str(s) for s in stored_names) if stored_names is not None else None)
     y_sel = y[idx]
     if names_given and np.issubdtype(y_sel.dtype, np.integer):
         raw = [names_given[int(v)] if 0 <= int(v) < len(names_given) else str(v) for v in y_sel]
     else:
         raw = [str(v) for v in y_sel]
     where = [f"{path.name}[{i}]" for i in idx]
-    labels, names = _map_labels(raw, names_given, num_classes, where)
+    labels, names = _map_labels(raw, names_given, o.num_classes, where)
     metadata = {k: [str(v) for v in arr[idx]] for k, arr in arrays.items() if arr.ndim == 1 and len(arr) == len(y)}
     return _finish(
         images=images,

@@ -148,3 +148,16 @@ def test_decompression_bomb_is_rejected(manifest_dir: Path, monkeypatch: pytest.
 def test_missing_dataset() -> None:
     with pytest.raises(DataError, match="dataset not found"):
         load_dataset("/nonexistent/data.csv")
+
+
+def test_npz_class_names_array(tmp_path: Path) -> None:
+    np.savez(
+        tmp_path / "d.npz",
+        x=np.zeros((3, 4, 4), np.uint8),
+        y=np.array([2, 0, 1]),
+        class_names=np.array(["cat", "dog", "emu"]),
+    )
+    data = load_dataset(tmp_path / "d.npz")
+    assert data.class_names == ("cat", "dog", "emu")
+    assert data.labels.tolist() == [2, 0, 1]
+    assert "class_names" not in data.metadata
