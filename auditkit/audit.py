@@ -19,6 +19,7 @@ from auditkit import __version__
 from auditkit.checks.base import Check
 from auditkit.checks.clean import CleanAccuracy
 from auditkit.checks.rotation import RotationSweep, parse_angles
+from auditkit.checks.subgroups import Subgroups
 from auditkit.config import AuditConfig
 from auditkit.data import ImageDataset, load_dataset
 from auditkit.engine import Engine, eval_mode
@@ -43,8 +44,11 @@ def build_checks(config: AuditConfig) -> list[Check]:
             translate_steps=config.translate_steps,
             k=config.worst_of_k,
         ),
+        "subgroups": lambda: Subgroups(groups=config.groups, min_support=config.min_support, bins=config.bins),
     }
-    return [factories[name]() for name in config.checks]
+    # subgroups last: it breaks down the per-sample outcomes the other checks publish
+    order = sorted(config.checks, key=lambda name: name == "subgroups")
+    return [factories[name]() for name in order]
 
 
 def make_engine(config: AuditConfig) -> Engine:

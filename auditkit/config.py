@@ -13,7 +13,7 @@ from typing import Any
 from auditkit.engine import DEVICES
 from auditkit.exceptions import ConfigError
 
-AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation")
+AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation", "subgroups")
 LIST_AS_TEXT = ("angles", "spatial_angles")
 PATH_KEYS = ("model", "data", "out")
 
@@ -52,6 +52,10 @@ class AuditConfig:
     translate: float = 3.0
     translate_steps: int = 5
     worst_of_k: int = 10
+    # subgroups
+    groups: tuple[str, ...] = ()
+    min_support: int = 30
+    bins: int | None = None
 
     def as_pairs(self) -> tuple[tuple[str, str], ...]:
         """The config as sorted ``(key, repr)`` pairs for the run manifest."""
@@ -178,6 +182,10 @@ def validate(config: AuditConfig) -> None:
         raise ConfigError(f"fraction_of_clean must be in (0, 1], got {config.fraction_of_clean}")
     if config.translate < 0 or config.translate_steps < 1 or config.worst_of_k < 1 or config.mean_range < 0:
         raise ConfigError("translate and mean_range must be >= 0, translate_steps and worst_of_k >= 1")
+    if config.min_support < 1:
+        raise ConfigError(f"min_support must be at least 1, got {config.min_support}")
+    if config.bins is not None and config.bins < 2:
+        raise ConfigError(f"bins must be at least 2, got {config.bins}")
     unknown = [c for c in config.checks if c not in AVAILABLE_CHECKS]
     if unknown:
         raise ConfigError(f"checks must be among {list(AVAILABLE_CHECKS)} (others are not built yet), got {unknown}")

@@ -29,7 +29,7 @@ DIGITS_SIZE = 28
 DIGITS_LOW_CONTRAST_SITE = "B"
 DIGITS_SITE_NOTE = (
     "'site' is a synthetic attribute made up for the demo: site B images were made low-contrast "
-    "(grey background, faint strokes) and are rare in training (8%) but common in test (30%)."
+    "(grey background, faint strokes) and are rare in training (4%) but common in test (30%)."
 )
 
 T = TypeVar("T")
@@ -93,7 +93,7 @@ def digits_split(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
 
     Each split has ``x`` ``(N, 1, 28, 28)`` uint8, ``y`` ``(N,)`` int64 and ``site`` ``(N,)``:
     a synthetic acquisition site. Site ``B`` images are low-contrast (grey background, faint
-    strokes) and rare in training (8%) but common in test (30%).
+    strokes) and rare in training (4%) but common in test (30%).
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -106,11 +106,11 @@ def digits_split(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=0.3, stratify=y, random_state=seed)
     rng = np.random.default_rng(seed)
     out: dict[str, dict[str, np.ndarray]] = {}
-    for name, idx, share_b in (("train", np.sort(idx_train), 0.08), ("test", np.sort(idx_test), 0.30)):
+    for name, idx, share_b in (("train", np.sort(idx_train), 0.04), ("test", np.sort(idx_test), 0.30)):
         site = np.where(rng.random(len(idx)) < share_b, DIGITS_LOW_CONTRAST_SITE, "A")
         imgs = x[torch.from_numpy(idx)].clone()
         low = torch.from_numpy(site == DIGITS_LOW_CONTRAST_SITE)
-        imgs[low] = 0.3 + 0.3 * imgs[low]
+        imgs[low] = 0.35 + 0.2 * imgs[low]
         out[name] = {
             "x": (imgs * 255).round().to(torch.uint8).numpy(),
             "y": y[idx],

@@ -83,6 +83,15 @@ class Predictions:
         return torch.softmax(self.logits, dim=1).max(dim=1).values
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """A per-sample score in ``[0, 1]`` from one check: ``values`` ``(N,)``, 1 = robust/correct."""
+
+    key: str
+    label: str
+    values: Tensor
+
+
 class Engine:
     """Runs functions over a dataset in batches on one device.
 
@@ -110,6 +119,15 @@ class Engine:
         self.progress = progress
         self.forward_factor = forward_factor
         self._clean: list[tuple[nn.Module, ImageDataset, Predictions]] = []
+        self._outcomes: list[tuple[ImageDataset, Outcome]] = []
+
+    def publish(self, data: ImageDataset, outcome: Outcome) -> None:
+        """Share a per-sample outcome of one check (e.g. robust or not) with later checks."""
+        self._outcomes.append((data, outcome))
+
+    def outcomes(self, data: ImageDataset) -> list[Outcome]:
+        """Per-sample outcomes published so far for ``data``, in publication order."""
+        return [o for d, o in self._outcomes if d is data]
 
     def seed_everything(self) -> None:
         """Seed Python, NumPy and torch; switch on deterministic algorithms if asked."""

@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy import stats
 from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix
+from torch import Tensor
 
 from auditkit.results import Interval
 
@@ -49,3 +51,48 @@ class ConfusionAccumulator:
     def compute(self) -> NDArray[np.int64]:
         """The ``(K, K)`` matrix: rows are true classes, columns predicted classes."""
         return self._counts.copy()
+
+
+def mean_interval(values: Tensor, confidence: float = 0.95) -> Interval:
+    """Mean of per-sample scores ``(N,)`` in [0, 1] with a t interval, clipped to [0, 1]."""
+    v = values.double().numpy()
+    n = len(v)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, confidence)
+    m = float(v.mean())
+    if n < 2 or float(v.std()) == 0.0:
+        return Interval(m, m, m, n, confidence)
+    low, high = stats.t.interval(confidence, n - 1, loc=m, scale=stats.sem(v))
+    return Interval(m, max(0.0, float(low)), min(1.0, float(high)), n, confidence)
+
+
+def holm(p_values: ArrayLike) -> NDArray[np.float64]:
+    """Holm-Bonferroni adjusted p-values (``nan`` entries are left out and stay ``nan``)."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike, *, bins: int = 15) -> float:
+    """ECE: the sample-weighted mean gap between confidence and accuracy over equal-width bins."""
+    conf = np.asarray(confidence, dtype=float)
+    hit = np.asarray(correct, dtype=float)
+    if conf.size == 0:
+        return math.nan
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.sum() * abs(hit[mask].mean() - conf[mask].mean())
+    return float(total / conf.size)

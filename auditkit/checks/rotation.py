@@ -12,15 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor, nn
 
 from auditkit.checks.base import Check
 from auditkit.data import ImageDataset
-from auditkit.engine import Engine
+from auditkit.engine import Engine, Outcome
 from auditkit.exceptions import ConfigError
 from auditkit.images import to_data_uri
-from auditkit.metrics import wilson_interval
+from auditkit.metrics import mean_interval, wilson_interval
 from auditkit.perturb import FILLS, INTERPOLATIONS, Affine, Fill, Interpolation, rotations, spatial_grid
 from auditkit.results import CheckResult, Interval
 
@@ -157,19 +156,6 @@ class RotationResult(CheckResult):
         return out
 
 
-def mean_interval(values: Tensor, confidence: float = 0.95) -> Interval:
-    """Mean of per-sample scores ``(N,)`` in [0, 1] with a t interval, clipped to [0, 1]."""
-    v = values.double().numpy()
-    n = len(v)
-    if n == 0:
-        return Interval(math.nan, math.nan, math.nan, 0, confidence)
-    m = float(v.mean())
-    if n < 2 or float(v.std()) == 0.0:
-        return Interval(m, m, m, n, confidence)
-    low, high = stats.t.interval(confidence, n - 1, loc=m, scale=stats.sem(v))
-    return Interval(m, max(0.0, float(low)), min(1.0, float(high)), n, confidence)
-
-
 def _wrap(angle: float) -> float:
     """An angle in degrees mapped into (-180, 180]."""
     wrapped = ((angle + 180.0) % 360.0) - 180.0
@@ -247,6 +233,15 @@ class RotationSweep(Check):
             if bool(in_range.any())
             else Interval(math.nan, math.nan, math.nan, 0)
         )
+        if bool(in_range.any()):
+            engine.publish(
+                data,
+                Outcome(
+                    key=f"rotation_mean[range={fmt(self.mean_range)}]",
+                    label=f"rotation, mean over ±{fmt(self.mean_range)}°",
+                    values=correct[:, in_range].float().mean(dim=1),
+                ),
+            )
         accs = np.array([p.accuracy.value for p in points])
         worst = int(np.argmin(accs))
         worst_preds = torch.bincount(preds[:, worst], minlength=k_classes)
@@ -317,6 +312,9 @@ class RotationSweep(Check):
             model, data, perturb, grid, description="spatial attack grid", identity=Affine.is_identity(grid)
         )
         correct = preds == data.labels.unsqueeze(1)
+        engine.publish(
+            data, Outcome(key="spatial_grid", label="spatial attack (grid)", values=correct.all(dim=1).float())
+        )
         gen = torch.Generator().manual_seed(engine.seed)
         picks = torch.randint(0, grid.shape[0], (len(data), self.k), generator=gen)
         n = len(data)

@@ -12,6 +12,7 @@ from markupsafe import Markup
 
 from auditkit.checks.clean import CleanResult
 from auditkit.checks.rotation import RotationResult
+from auditkit.checks.subgroups import SubgroupResult
 from auditkit.io import atomic_write_text
 from auditkit.report import plots
 from auditkit.results import CheckResult, RunResults
@@ -19,7 +20,7 @@ from auditkit.results import CheckResult, RunResults
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 
 #: kind -> function giving the extra template context (plots) for that check's section
-SECTION_PLOTS: dict[str, Callable[[Any], dict[str, Markup]]] = {
+SECTION_PLOTS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "clean": lambda r: {
         "per_class_svg": Markup(plots.sanitize_svg(plots.per_class_accuracy(r))),
         "confusion_svg": Markup(plots.sanitize_svg(plots.confusion_matrix(r))),
@@ -31,7 +32,11 @@ SECTION_PLOTS["rotation"] = lambda r: {
     "per_class_svg": Markup(plots.sanitize_svg(plots.rotation_per_class(r))),
 }
 
-SECTION_TITLES = {"clean": "Clean accuracy", "rotation": "Rotation robustness"}
+SECTION_PLOTS["subgroups"] = lambda r: {
+    "bars": {a: Markup(plots.sanitize_svg(plots.subgroup_bars(r, a))) for a in r.attributes},
+}
+
+SECTION_TITLES = {"clean": "Clean accuracy", "rotation": "Rotation robustness", "subgroups": "Subgroups"}
 
 
 def _pct(value: float, digits: int = 1) -> str:
@@ -62,6 +67,15 @@ def headline(check: CheckResult) -> str:
         if check.spatial is not None:
             text += f"; spatial attack (grid) leaves {_pct(check.spatial.grid.value)}"
         return text
+    if isinstance(check, SubgroupResult):
+        if not check.groups:
+            return "no metadata column to group by"
+        worst = [d for d in check.disparities if d.compared >= 2]
+        if not worst:
+            return "fewer than two groups with enough data"
+        d = max(worst, key=lambda d: d.gap)
+        flag = f"; {len(d.significant)} group(s) differ significantly (Holm)" if d.significant else ""
+        return f"largest accuracy gap {_pct(d.gap)} by {d.attribute} ({d.best} vs {d.worst}){flag}"
     return ""
 
 

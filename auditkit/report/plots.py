@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from auditkit.checks.clean import CleanResult
 from auditkit.checks.rotation import RotationResult
+from auditkit.checks.subgroups import SubgroupResult
 
 _STYLE: Any = {"svg.fonttype": "none", "svg.hashsalt": "auditkit", "font.size": 9}
 
@@ -162,4 +163,26 @@ def rotation_per_class(result: RotationResult) -> str:
         fig.supxlabel("angle (degrees)", fontsize=8)
         fig.supylabel("accuracy", fontsize=8)
         fig.tight_layout()
+    return to_svg(fig)
+
+
+def subgroup_bars(result: SubgroupResult, attribute: str) -> str:
+    """Horizontal bars of accuracy per group of one attribute, sorted, with 95% whiskers."""
+    groups = sorted((g for g in result.groups if g.attribute == attribute), key=lambda g: g.accuracy.value)
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.0, 0.35 * len(groups) + 1.0))
+        y = np.arange(len(groups))
+        vals = np.array([g.accuracy.value for g in groups])
+        lows = np.array([g.accuracy.low for g in groups])
+        highs = np.array([g.accuracy.high for g in groups])
+        colors = ["#4c78a8" if g.sufficient else "#c9c9c9" for g in groups]
+        ax.barh(y, np.nan_to_num(vals), color=colors)
+        ax.errorbar(np.nan_to_num(vals), y, xerr=[np.nan_to_num(vals - lows), np.nan_to_num(highs - vals)],
+                    fmt="none", ecolor="#333", capsize=2, lw=0.8)
+        ax.axvline(result.overall.value, color="#e45756", ls="--", lw=1, label="overall")
+        ax.set_yticks(y, [f"{_short(g.value, 24)} (n={g.n})" + ("" if g.sufficient else " *") for g in groups])
+        ax.set_xlim(0, 1.02)
+        ax.set_xlabel("accuracy")
+        ax.legend(loc="lower right", frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
     return to_svg(fig)
