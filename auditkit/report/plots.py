@@ -177,8 +177,15 @@ def subgroup_bars(result: SubgroupResult, attribute: str) -> str:
         highs = np.array([g.accuracy.high for g in groups])
         colors = ["#4c78a8" if g.sufficient else "#c9c9c9" for g in groups]
         ax.barh(y, np.nan_to_num(vals), color=colors)
-        ax.errorbar(np.nan_to_num(vals), y, xerr=[np.nan_to_num(vals - lows), np.nan_to_num(highs - vals)],
-                    fmt="none", ecolor="#333", capsize=2, lw=0.8)
+        ax.errorbar(
+            np.nan_to_num(vals),
+            y,
+            xerr=[np.nan_to_num(vals - lows), np.nan_to_num(highs - vals)],
+            fmt="none",
+            ecolor="#333",
+            capsize=2,
+            lw=0.8,
+        )
         ax.axvline(result.overall.value, color="#e45756", ls="--", lw=1, label="overall")
         ax.set_yticks(y, [f"{_short(g.value, 24)} (n={g.n})" + ("" if g.sufficient else " *") for g in groups])
         ax.set_xlim(0, 1.02)
