@@ -16,6 +16,7 @@ import torch
 import torchvision
 
 from auditkit import __version__
+from auditkit.checks.attack import AdversarialAttack, parse_epsilons
 from auditkit.checks.base import Check
 from auditkit.checks.clean import CleanAccuracy
 from auditkit.checks.rotation import RotationSweep, parse_angles
@@ -43,6 +44,16 @@ def build_checks(config: AuditConfig) -> list[Check]:
             translate=config.translate,
             translate_steps=config.translate_steps,
             k=config.worst_of_k,
+        ),
+        "attack": lambda: AdversarialAttack(
+            attack=config.attack,
+            norm=config.norm,  # type: ignore[arg-type]  # validated in config
+            epsilons=parse_epsilons(config.epsilons, config.norm),
+            steps=config.steps,
+            rel_step=config.rel_step,
+            restarts=config.restarts,
+            random_start=config.random_start,
+            targeted=config.targeted,
         ),
         "subgroups": lambda: Subgroups(groups=config.groups, min_support=config.min_support, bins=config.bins),
     }

@@ -160,6 +160,22 @@ SpatialOpt = Annotated[
 SpatialAnglesOpt = Annotated[str | None, _opt("Angles of the spatial attack grid. [default: -30:30:6]")]
 TranslateOpt = Annotated[float | None, _opt("Largest shift in pixels of the spatial attack grid. [default: 3]")]
 TranslateStepsOpt = Annotated[int | None, _opt("Shift values per axis, from -translate to +translate. [default: 5]")]
+AttackOpt = Annotated[
+    str | None, _opt("pgd, fgsm or foolbox:<AttackName> (e.g. foolbox:L2DeepFoolAttack). [default: pgd]")
+]
+NormOpt = Annotated[str | None, _opt("linf or l2. [default: linf]")]
+EpsilonsOpt = Annotated[
+    str | None, _opt("Epsilons in [0,1] pixel units: a list or start:stop:step. [default: linf 0,1/255..16/255]")
+]
+StepsOpt = Annotated[int | None, _opt("PGD steps. [default: 20]")]
+RelStepOpt = Annotated[float | None, _opt("Step size as a multiple of epsilon. [default: 2.5/steps]")]
+RestartsOpt = Annotated[int | None, _opt("Random restarts; the per-sample worst case is kept. [default: 1]")]
+RandomStartOpt = Annotated[
+    bool | None, _opt("Start PGD at a random point in the ball.", "--random-start/--no-random-start")
+]
+TargetedOpt = Annotated[
+    bool | None, _opt("Targeted attack (each image towards the next class).", "--targeted/--untargeted")
+]
 GroupOpt = Annotated[
     list[str] | None,
     _opt(
@@ -206,6 +222,14 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
         translate: TranslateOpt = None,
         translate_steps: TranslateStepsOpt = None,
         k: WorstOfKOpt = None,
+        attack: AttackOpt = None,
+        norm: NormOpt = None,
+        epsilons: EpsilonsOpt = None,
+        steps: StepsOpt = None,
+        rel_step: RelStepOpt = None,
+        restarts: RestartsOpt = None,
+        random_start: RandomStartOpt = None,
+        targeted: TargetedOpt = None,
         group: GroupOpt = None,
         min_support: MinSupportOpt = None,
         bins: BinsOpt = None,
@@ -231,7 +255,7 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
 
 app.command(
     "audit",
-    help="Audit MODEL on DATA with every built check (clean accuracy, rotation, subgroups); "
+    help="Audit MODEL on DATA with every built check (clean accuracy, rotation, attack, subgroups); "
     "write results.json and index.html.",
 )(_audit_command(None))
 app.command(
@@ -239,6 +263,11 @@ app.command(
     help="Accuracy against rotation angle, overall and per class, and a worst-of-k spatial attack "
     "(rotations x translations); writes results.json and index.html.",
 )(_audit_command(("clean", "rotation")))
+app.command(
+    "attack",
+    help="FGSM/PGD (Linf, L2) robust-accuracy curve over epsilons, or any foolbox attack, with soundness checks "
+    "that flag gradient masking; writes results.json and index.html.",
+)(_audit_command(("clean", "attack")))
 app.command(
     "subgroups",
     help="Error breakdown per subgroup and per intersection of the data's metadata columns (--group), "
@@ -316,7 +345,6 @@ def _not_built(name: str, issue: str) -> None:
 
 
 for _name, _issue in (
-    ("attack", "FGSM/PGD robust-accuracy curves over epsilons"),
     ("harden", "adversarial training and rotation augmentation"),
     ("shortcut", "shortcut-learning probes"),
     ("saliency", "gradient saliency with a sanity check"),

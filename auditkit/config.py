@@ -13,8 +13,8 @@ from typing import Any
 from auditkit.engine import DEVICES
 from auditkit.exceptions import ConfigError
 
-AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation", "subgroups")
-LIST_AS_TEXT = ("angles", "spatial_angles")
+AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation", "attack", "subgroups")
+LIST_AS_TEXT = ("angles", "spatial_angles", "epsilons")
 PATH_KEYS = ("model", "data", "out")
 
 
@@ -52,6 +52,15 @@ class AuditConfig:
     translate: float = 3.0
     translate_steps: int = 5
     worst_of_k: int = 10
+    # attack
+    attack: str = "pgd"
+    norm: str = "linf"
+    epsilons: str | None = None
+    steps: int = 20
+    rel_step: float | None = None
+    restarts: int = 1
+    random_start: bool = True
+    targeted: bool = False
     # subgroups
     groups: tuple[str, ...] = ()
     min_support: int = 30
@@ -182,6 +191,16 @@ def validate(config: AuditConfig) -> None:
         raise ConfigError(f"fraction_of_clean must be in (0, 1], got {config.fraction_of_clean}")
     if config.translate < 0 or config.translate_steps < 1 or config.worst_of_k < 1 or config.mean_range < 0:
         raise ConfigError("translate and mean_range must be >= 0, translate_steps and worst_of_k >= 1")
+    from auditkit.attacks import NORMS
+    from auditkit.checks.attack import parse_epsilons
+
+    if config.norm not in NORMS:
+        raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {config.norm!r}")
+    parse_epsilons(config.epsilons, config.norm)
+    if config.attack not in ("pgd", "fgsm") and not config.attack.startswith("foolbox:"):
+        raise ConfigError(f"attack must be pgd, fgsm or foolbox:<AttackName>, got {config.attack!r}")
+    if config.steps < 1 or config.restarts < 1:
+        raise ConfigError(f"steps and restarts must be at least 1, got {config.steps} and {config.restarts}")
     if config.min_support < 1:
         raise ConfigError(f"min_support must be at least 1, got {config.min_support}")
     if config.bins is not None and config.bins < 2:

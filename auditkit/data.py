@@ -8,6 +8,7 @@ Bad image files are reported by path and skipped; past ``max_bad_fraction`` the 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -62,6 +63,18 @@ class ImageDataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def take(self, indices: Tensor) -> ImageDataset:
+        """The samples at ``indices`` ``(M,)`` as a dataset of their own (same classes and source)."""
+        idx = indices.long().cpu()
+        picked = idx.tolist()
+        return dataclasses.replace(
+            self,
+            images=self.images[idx],
+            labels=self.labels[idx],
+            metadata={k: tuple(v[i] for i in picked) for k, v in self.metadata.items()},
+            ids=tuple(self.ids[i] for i in picked),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

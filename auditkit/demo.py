@@ -26,6 +26,7 @@ from auditkit.train import EpochLog, fit
 from auditkit.zoo import digits_cnn
 
 DEMO_ARCH = "auditkit.zoo:digits_cnn"
+DEMO_EPSILONS = "0,0.01,0.02,0.05,0.1"  # Linf, [0, 1] pixels: up to the customary 0.1 for digits
 
 
 @dataclass(frozen=True)
@@ -121,11 +122,13 @@ def run_demo(
         device=device,
         batch_size=batch_size,
         progress=progress,
+        epsilons=DEMO_EPSILONS,
     )
     atomic_write_text(
         root / "auditkit.toml",
         f"# re-run this audit with: auditkit audit --config {root / 'auditkit.toml'}\n"
-        f'model = "model/model.safetensors"\ndata = "data/test.csv"\nout = "."\nseed = {seed}\n',
+        f'model = "model/model.safetensors"\ndata = "data/test.csv"\nout = "."\nseed = {seed}\n'
+        f'epsilons = "{DEMO_EPSILONS}"\n',
     )
     results = run_audit(config)
     _, report = write_outputs(results, root)

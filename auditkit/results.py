@@ -141,6 +141,11 @@ class RunResults:
         return cls.from_json(text)
 
 
+def fmt(value: float) -> str:
+    """A number as it appears in metric names: ``90`` not ``90.0``, ``22.5`` and ``0.0314`` kept."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
+
+
 def collect_metrics(checks: tuple[CheckResult, ...]) -> dict[str, float]:
     """Merge the flat metrics of every check into one map."""
     merged: dict[str, float] = {}

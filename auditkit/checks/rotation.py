@@ -21,7 +21,7 @@ from auditkit.exceptions import ConfigError
 from auditkit.images import to_data_uri
 from auditkit.metrics import mean_interval, wilson_interval
 from auditkit.perturb import FILLS, INTERPOLATIONS, Affine, Fill, Interpolation, rotations, spatial_grid
-from auditkit.results import CheckResult, Interval
+from auditkit.results import CheckResult, Interval, fmt
 
 DEFAULT_ANGLES: tuple[float, ...] = tuple(float(a) for a in range(-180, 181, 10))
 DEFAULT_SPATIAL_ANGLES: tuple[float, ...] = tuple(float(a) for a in range(-30, 31, 6))
@@ -47,11 +47,6 @@ def parse_angles(text: str) -> tuple[float, ...]:
     if not values:
         raise ConfigError("--angles is empty")
     return tuple(sorted({round(v, 6) for v in values}))
-
-
-def fmt(value: float) -> str:
-    """A number as it appears in metric names: ``90`` not ``90.0``, ``22.5`` kept."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
+from auditkit.checks.attack import AttackResult
 from auditkit.checks.clean import CleanResult
 from auditkit.checks.rotation import RotationResult
 from auditkit.checks.subgroups import SubgroupResult
@@ -32,11 +33,18 @@ SECTION_PLOTS["rotation"] = lambda r: {
     "per_class_svg": Markup(plots.sanitize_svg(plots.rotation_per_class(r))),
 }
 
+SECTION_PLOTS["attack"] = lambda r: {"curve_svg": Markup(plots.sanitize_svg(plots.attack_curve(r)))}
+
 SECTION_PLOTS["subgroups"] = lambda r: {
     "bars": {a: Markup(plots.sanitize_svg(plots.subgroup_bars(r, a))) for a in r.attributes},
 }
 
-SECTION_TITLES = {"clean": "Clean accuracy", "rotation": "Rotation robustness", "subgroups": "Subgroups"}
+SECTION_TITLES = {
+    "clean": "Clean accuracy",
+    "rotation": "Rotation robustness",
+    "attack": "Adversarial robustness",
+    "subgroups": "Subgroups",
+}
 
 
 def _pct(value: float, digits: int = 1) -> str:
@@ -67,6 +75,11 @@ def headline(check: CheckResult) -> str:
         if check.spatial is not None:
             text += f"; spatial attack (grid) leaves {_pct(check.spatial.grid.value)}"
         return text
+    if isinstance(check, AttackResult):
+        last = check.curve[-1]
+        warns = sum(not s.passed for s in check.soundness)
+        sound = "all soundness checks pass" if not warns else f"{warns} soundness warning(s)"
+        return f"{_pct(last.robust.value)} robust accuracy under {check.attack} at eps {last.eps:.4g}; {sound}"
     if isinstance(check, SubgroupResult):
         if not check.groups:
             return "no metadata column to group by"

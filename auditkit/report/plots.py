@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from auditkit.checks.attack import AttackResult
 from auditkit.checks.clean import CleanResult
 from auditkit.checks.rotation import RotationResult
 from auditkit.checks.subgroups import SubgroupResult
@@ -191,5 +192,24 @@ def subgroup_bars(result: SubgroupResult, attribute: str) -> str:
         ax.set_xlim(0, 1.02)
         ax.set_xlabel("accuracy")
         ax.legend(loc="lower right", frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+    return to_svg(fig)
+
+
+def attack_curve(result: AttackResult) -> str:
+    """Robust accuracy vs epsilon with its 95% band; clean accuracy and chance for reference."""
+    eps = np.array([p.eps for p in result.curve])
+    acc = np.array([p.robust.value for p in result.curve])
+    low = np.array([p.robust.low for p in result.curve])
+    high = np.array([p.robust.high for p in result.curve])
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.0, 3.0))
+        ax.fill_between(eps, low, high, color="#e45756", alpha=0.2, lw=0, label="95% interval")
+        ax.plot(eps, acc, color="#e45756", marker="o", ms=4, lw=1.5, label=result.attack)
+        ax.axhline(1 / max(1, len(result.class_names)), color="#999", lw=1, ls=":", label="chance")
+        ax.set_xlabel(f"epsilon ({'Linf' if result.norm == 'linf' else 'L2'} norm, [0, 1] pixel units)")
+        ax.set_ylabel("robust accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="upper right", frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
     return to_svg(fig)
