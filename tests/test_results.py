@@ -23,7 +23,7 @@ def test_results_json_shape(demo_run: Path) -> None:
         doc["manifest"]
     )
     assert doc["metrics"]["clean.accuracy"] >= 0.95
-    assert [c["kind"] for c in doc["checks"]] == ["clean", "rotation", "subgroups"]
+    assert [c["kind"] for c in doc["checks"]] == ["clean", "rotation", "attack", "subgroups"]
 
 
 def test_newer_major_schema_refused(demo_run: Path, tmp_path: Path) -> None:

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import foolbox as fb
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from auditkit.attacks import PGD
+from auditkit.checks.attack import AdversarialAttack, AttackResult, parse_epsilons
+from auditkit.cli import app
+from auditkit.data import ImageDataset, load_dataset
+from auditkit.engine import Engine
+from auditkit.exceptions import ConfigError
+from auditkit.models import LoadedModel, load_model
+from auditkit.results import RunResults
+
+
+@pytest.fixture(scope="module")
+def demo_model(demo_run: Path) -> LoadedModel:
+    loaded = load_model(demo_run / "model" / "model.safetensors")
+    loaded.model.eval()
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def sample(demo_run: Path, demo_model: LoadedModel) -> ImageDataset:
+    return load_dataset(demo_run / "data" / "test.csv", class_names=demo_model.spec.class_names, sample=160, seed=5)
+
+
+def engine() -> Engine:
+    return Engine(device="cpu", batch_size=64, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("norm", "eps", "fb_attack"), [("linf", 0.05, fb.attacks.LinfPGD), ("l2", 1.0, fb.attacks.L2PGD)]
+)
+def test_at_least_as_strong_as_foolbox(
+    demo_model: LoadedModel, sample: ImageDataset, norm: str, eps: float, fb_attack: type
+) -> None:
+    x, y = sample.images.float() / 255, sample.labels
+    model = demo_model.model
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    _, _, success = fb_attack(steps=20)(fmodel, x, y, epsilons=eps)
+    theirs = 1 - float(success.float().mean())
+    _, ours_success = PGD(norm=norm, steps=20)(model, x, y, eps, generator=torch.Generator().manual_seed(0))  # type: ignore[arg-type]
+    ours = 1 - float(ours_success.float().mean())
+    assert ours <= theirs + 0.01, (ours, theirs)
+
+
+def test_curve_is_nested_and_starts_at_clean(demo_model: LoadedModel, sample: ImageDataset) -> None:
+    check = AdversarialAttack(epsilons=(0.0, 0.02, 0.05, 0.1), steps=10, sanity_samples=40)
+    result = check.run(demo_model.model, sample, engine=engine())
+    assert isinstance(result, AttackResult)
+    accs = [p.robust.value for p in result.curve]
+    assert accs[0] == result.clean_accuracy
+    assert all(b <= a for a, b in itertools.pairwise(accs))
+    assert accs[-1] < accs[0]
+    m = result.metrics()
+    assert m["attack.robust_accuracy[norm=linf,eps=0.1]"] == accs[-1]
+    assert m["attack.soundness_warnings"] == 0.0, [s for s in result.soundness if not s.passed]
+
+
+def test_demo_report_has_attack_and_all_checks_pass(demo_run: Path) -> None:
+    result = RunResults.read(demo_run / "results.json").check(AttackResult)
+    assert result is not None
+    assert [p.eps for p in result.curve] == [0.0, 0.01, 0.02, 0.05, 0.1]
+    assert all(s.passed for s in result.soundness)
+    assert result.curve[-1].robust.value < 0.3
+    assert result.examples and all(e.adv_pred != e.label for e in result.examples)
+    assert "Adversarial robustness" in (demo_run / "index.html").read_text()
+
+
+class _Saturated(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.inner(x), dim=1) * 1e4
+
+
+class _Quantised(_Saturated):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 8) / 8)
+
+
+class _Noisy(_Saturated):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner((x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+
+
+@pytest.mark.parametrize(
+    ("wrapper", "flag"),
+    [(_Saturated, "nonzero_gradients"), (_Quantised, "nonzero_gradients"), (_Noisy, "deterministic_forward")],
+)
+def test_gradient_masking_models_raise_the_matching_flag(
+    demo_model: LoadedModel, sample: ImageDataset, wrapper: type, flag: str
+) -> None:
+    masked = wrapper(demo_model.model).eval()
+    data = sample.take(torch.arange(60))
+    result = AdversarialAttack(epsilons=(0.0, 0.05), steps=10, sanity_samples=40).run(masked, data, engine=engine())
+    assert isinstance(result, AttackResult)
+    failed = {s.name for s in result.soundness if not s.passed}
+    assert flag in failed
+
+
+def test_foolbox_bridge_through_cli(demo_run: Path, tmp_path: Path) -> None:
+    model = str(demo_run / "model" / "model.safetensors")
+    data = str(demo_run / "data" / "test.csv")
+    out = CliRunner().invoke(
+        app,
+        [
+            "attack",
+            model,
+            data,
+            "--attack",
+            "foolbox:LinfFastGradientAttack",
+            "--epsilons",
+            "0,0.05,0.1",
+            "--sample",
+            "60",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    doc = json.loads((tmp_path / "o" / "results.json").read_text())
+    m = doc["metrics"]
+    assert m["attack.robust_accuracy[norm=linf,eps=0]"] == m["clean.accuracy"]
+    assert m["attack.robust_accuracy[norm=linf,eps=0.1]"] <= m["attack.robust_accuracy[norm=linf,eps=0.05]"]
+    bad = CliRunner().invoke(
+        app, ["attack", model, data, "--attack", "foolbox:NoSuchAttack", "--sample", "10", "--out", str(tmp_path / "p")]
+    )
+    assert bad.exit_code == 2 and "foolbox has no attack 'NoSuchAttack'" in bad.output
+
+
+def test_parse_epsilons() -> None:
+    assert parse_epsilons(None, "linf")[0] == 0.0 and len(parse_epsilons(None, "linf")) == 6
+    assert parse_epsilons("0.1,0.05", "linf") == (0.0, 0.05, 0.1)
+    with pytest.raises(ConfigError, match="--epsilons"):
+        parse_epsilons("big", "linf")
