@@ -102,33 +102,40 @@ class PGD:
     def _run(
         self, model: nn.Module, x: Tensor, goal: Tensor, delta: Tensor, eps: float, alpha: float
     ) -> tuple[Tensor, Tensor]:
-        """The loop: ``steps`` gradient steps with early stopping; returns final images and hits."""
+        """The loop: ``steps`` gradient steps; returns the final images and which samples are hit.
+
+        With early stopping, the forward pass of each step also tells which samples are already
+        hit; those keep their current image and leave the batch.
+        """
         adv = (x + delta).clamp(0, 1).detach()
         hit = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         active = torch.arange(x.shape[0], device=x.device)
+        sign = -1.0 if self.targeted else 1.0
         for _ in range(self.steps):
-            xa = adv[active].requires_grad_(True)
+            xa = (adv[active] if self.early_stop else adv).requires_grad_(True)
             logits = model(xa)
-            now = self._hit(logits.detach(), goal[active])
-            if self.early_stop and bool(now.any()):
-                hit[active[now]] = True
-                keep = ~now
-                active, xa_keep = active[keep], keep
-                if len(active) == 0:
-                    break
-                loss = F.cross_entropy(logits[xa_keep], goal[active], reduction="sum")
-            else:
-                loss = F.cross_entropy(logits, goal[active], reduction="sum")
-            if self.targeted:
-                loss = -loss
+            ga = goal[active] if self.early_stop else goal
+            if self.early_stop:
+                now = self._hit(logits.detach(), ga)
+                if bool(now.any()):
+                    hit[active[now]] = True
+                    keep = ~now
+                    active = active[keep]
+                    if len(active) == 0:
+                        break
+                    logits, xa_sel, ga = logits[keep], keep, ga[keep]
+                else:
+                    xa_sel = None
+            loss = sign * F.cross_entropy(logits, ga, reduction="sum")
             (grad,) = torch.autograd.grad(loss, xa)
-            if self.early_stop and bool(now.any()):
-                grad = grad[~now]
             with torch.no_grad():
-                step = self._ascent(grad, alpha)
-                cur = adv[active] + step
-                moved = self._project(cur - x[active], eps)
-                adv[active] = (x[active] + moved).clamp(0, 1)
+                if self.early_stop:
+                    if xa_sel is not None:
+                        grad = grad[xa_sel]
+                    base, start = adv[active], x[active]
+                    adv[active] = (start + self._project(base + self._ascent(grad, alpha) - start, eps)).clamp(0, 1)
+                else:
+                    adv = (x + self._project(adv + self._ascent(grad, alpha) - x, eps)).clamp(0, 1)
         with torch.no_grad():
             if len(active):
                 hit[active] = self._hit(model(adv[active]), goal[active])
