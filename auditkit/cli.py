@@ -176,6 +176,10 @@ RandomStartOpt = Annotated[
 TargetedOpt = Annotated[
     bool | None, _opt("Targeted attack (each image towards the next class).", "--targeted/--untargeted")
 ]
+PolicyOpt = Annotated[Path | None, _opt("Gate the results with this policy (TOML); exit 1 when a rule fails.")]
+BaselineOpt = Annotated[Path | None, _opt("A baseline results.json for the policy's [baseline] rules.")]
+JunitOpt = Annotated[Path | None, _opt("Write the gate's verdicts as JUnit XML here.")]
+SummaryOpt = Annotated[Path | None, _opt('Append a Markdown verdict table here (e.g. "$GITHUB_STEP_SUMMARY").')]
 GroupOpt = Annotated[
     list[str] | None,
     _opt(
@@ -230,6 +234,10 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
         restarts: RestartsOpt = None,
         random_start: RandomStartOpt = None,
         targeted: TargetedOpt = None,
+        policy: PolicyOpt = None,
+        baseline: BaselineOpt = None,
+        junit: JunitOpt = None,
+        summary: SummaryOpt = None,
         group: GroupOpt = None,
         min_support: MinSupportOpt = None,
         bins: BinsOpt = None,
@@ -244,13 +252,46 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
         values["mean"], values["std"] = _floats("mean", mean), _floats("std", std)
         values["worst_of_k"] = values.pop("k")
         values["groups"] = tuple(values.pop("group") or ()) or None
+        for key in ("policy", "baseline", "junit", "summary"):
+            values.pop(key)
         values["checks"] = checks
         cfg = resolve_config(values, config)
+        gate_inputs = _gate_inputs(policy, baseline)  # read before the long run: fail fast on a bad policy
         results = run_audit(cfg)
+        verdict = None
+        if gate_inputs is not None:
+            from auditkit.gate import evaluate, with_gate
+
+            verdict = evaluate(results, *gate_inputs)
+            results = with_gate(results, verdict)
         json_path, html_path = write_outputs(results, cfg.out)
         _print_summary(results, json_path, html_path)
+        if verdict is not None:
+            from auditkit.gate import write_ci_outputs
+
+            write_ci_outputs(verdict, results, junit=junit, summary=summary)
+            _finish_gate(verdict)
 
     return command
+
+
+def _gate_inputs(policy: Path | None, baseline: Path | None) -> tuple[Any, Any] | None:
+    from auditkit.gate import load_policy
+    from auditkit.results import RunResults
+
+    if policy is None:
+        if baseline is not None:
+            raise ConfigError("--baseline needs --policy (its [baseline] table lists the metrics to compare)")
+        return None
+    return load_policy(policy), RunResults.read(baseline) if baseline is not None else None
+
+
+def _finish_gate(verdict: Any) -> None:
+    for v in verdict.verdicts:
+        typer.echo(f"gate {v.status.upper():12s} {v.rule}: {v.message}")
+    typer.echo(f"gate: {'passed' if verdict.passed else 'FAILED'}")
+    if not verdict.passed:
+        raise typer.Exit(1)
 
 
 app.command(
@@ -335,6 +376,37 @@ def report(
     typer.echo(f"report: {path}")
 
 
+@app.command()
+@handle_errors
+def gate(
+    results: Annotated[Path, typer.Argument(help="A results.json written by auditkit.", show_default=False)],
+    policy: Annotated[
+        Path, typer.Option(help="Policy TOML: [[rule]] metric/op/value, [baseline].", show_default=False)
+    ],
+    baseline: BaselineOpt = None,
+    junit: JunitOpt = None,
+    summary: SummaryOpt = None,
+    out: Annotated[
+        Path | None, _opt("Also write results.json + index.html with the verdicts into this folder.", "--out", "-o")
+    ] = None,
+) -> None:
+    """Gate a results.json against a policy (and a baseline run): exit 0 pass, 1 fail."""
+    from auditkit.audit import write_outputs
+    from auditkit.gate import evaluate, with_gate, write_ci_outputs
+    from auditkit.results import RunResults
+
+    inputs = _gate_inputs(policy, baseline)
+    if inputs is None:  # unreachable: --policy is required
+        raise ConfigError("--policy is required")
+    loaded = RunResults.read(results)
+    verdict = evaluate(loaded, *inputs)
+    updated = with_gate(loaded, verdict)
+    if out is not None:
+        write_outputs(updated, out)
+    write_ci_outputs(verdict, updated, junit=junit, summary=summary)
+    _finish_gate(verdict)
+
+
 def _not_built(name: str, issue: str) -> None:
     extra = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}
 
@@ -348,7 +420,6 @@ for _name, _issue in (
     ("harden", "adversarial training and rotation augmentation"),
     ("shortcut", "shortcut-learning probes"),
     ("saliency", "gradient saliency with a sanity check"),
-    ("gate", "CI verdict from results.json and a policy"),
 ):
     _not_built(_name, _issue)
 

@@ -24,6 +24,7 @@ from auditkit.perturb import FILLS, INTERPOLATIONS, Affine, Fill, Interpolation,
 from auditkit.results import CheckResult, Interval, fmt
 
 DEFAULT_ANGLES: tuple[float, ...] = tuple(float(a) for a in range(-180, 181, 10))
+MAX_CLASS_METRICS = 100  # per-class-per-angle metrics only for up to this many classes
 DEFAULT_SPATIAL_ANGLES: tuple[float, ...] = tuple(float(a) for a in range(-30, 31, 6))
 STRIP_ANGLES: tuple[float, ...] = (-90.0, -45.0, 0.0, 45.0, 90.0, 180.0)
 
@@ -131,7 +132,7 @@ class RotationResult(CheckResult):
             out[f"rotation.accuracy[angle={a}].ci_low"] = p.accuracy.low
             out[f"rotation.accuracy[angle={a}].ci_high"] = p.accuracy.high
             for name, ci in zip(self.class_names, p.per_class, strict=True):
-                if ci.n:
+                if ci.n and len(self.class_names) <= MAX_CLASS_METRICS:
                     out[f"rotation.accuracy[angle={a},class={name}]"] = ci.value
         r = fmt(self.mean_range)
         out[f"rotation.mean_accuracy[range={r}]"] = self.mean_accuracy.value

@@ -14,6 +14,7 @@ from auditkit.checks.attack import AttackResult
 from auditkit.checks.clean import CleanResult
 from auditkit.checks.rotation import RotationResult
 from auditkit.checks.subgroups import SubgroupResult
+from auditkit.gate import GateResult
 from auditkit.io import atomic_write_text
 from auditkit.report import plots
 from auditkit.results import CheckResult, RunResults
@@ -39,7 +40,8 @@ SECTION_PLOTS["subgroups"] = lambda r: {
     "bars": {a: Markup(plots.sanitize_svg(plots.subgroup_bars(r, a))) for a in r.attributes},
 }
 
-SECTION_TITLES = {
+SECTION_TITLES: dict[str, str] = {
+    "gate": "CI gate",
     "clean": "Clean accuracy",
     "rotation": "Rotation robustness",
     "attack": "Adversarial robustness",
@@ -80,6 +82,11 @@ def headline(check: CheckResult) -> str:
         warns = sum(not s.passed for s in check.soundness)
         sound = "all soundness checks pass" if not warns else f"{warns} soundness warning(s)"
         return f"{_pct(last.robust.value)} robust accuracy under {check.attack} at eps {last.eps:.4g}; {sound}"
+    if isinstance(check, GateResult):
+        failed = sum(v.status in ("fail", "error") for v in check.verdicts)
+        return (
+            "PASSED" if check.passed else "FAILED"
+        ) + f": {len(check.verdicts) - failed} of {len(check.verdicts)} rules hold"
     if isinstance(check, SubgroupResult):
         if not check.groups:
             return "no metadata column to group by"
@@ -96,7 +103,7 @@ def render_report(results: RunResults) -> str:
     """The report HTML for ``results``: inline CSS and SVG, images as data URIs, no scripts."""
     env = _environment()
     sections = []
-    for check in results.checks:
+    for check in sorted(results.checks, key=lambda c: c.kind != "gate"):  # the verdict first
         extra = SECTION_PLOTS.get(check.kind, lambda r: {})(check)
         sections.append(
             {

@@ -1,0 +1,290 @@
+"""CI gating: results.json + a policy (+ a baseline run) -> verdicts, exit code, JUnit, summary.
+
+A policy is TOML::
+
+    inconclusive = "pass"            # or "fail": what a null (too little data) metric does
+
+    [[rule]]
+    metric = "clean.accuracy"        # any name from docs/metrics.md
+    op = ">="                        # ">=" or "<="
+    value = 0.95
+    bound = "ci_low"                 # "value" (default), "ci_low" or "ci_high": gate on the interval
+
+    [baseline]                       # only used with --baseline OLD.json
+    metrics = ["clean.accuracy", "attack.robust_accuracy[norm=linf,eps=0.1]"]  # higher is better
+    tolerance = 0.01                 # largest allowed drop
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from xml.etree import ElementTree as ET
+
+from auditkit.exceptions import ConfigError, DataError, OutputWriteError
+from auditkit.io import atomic_write_text
+from auditkit.results import CheckResult, RunResults
+
+Status = Literal["pass", "fail", "inconclusive", "error"]
+OPS = (">=", "<=")
+BOUNDS = ("value", "ci_low", "ci_high")
+#: config keys that change what a metric means; a baseline must agree on them
+COMPARABLE_KEYS = (
+    "data",
+    "limit",
+    "sample",
+    "seed",
+    "angles",
+    "mean_range",
+    "fraction_of_clean",
+    "interpolation",
+    "fill",
+    "spatial_angles",
+    "translate",
+    "translate_steps",
+    "worst_of_k",
+    "attack",
+    "norm",
+    "epsilons",
+    "steps",
+    "rel_step",
+    "restarts",
+    "random_start",
+    "targeted",
+    "groups",
+    "min_support",
+    "bins",
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``metric op value`` on the metric's point value or one end of its interval."""
+
+    metric: str
+    op: str
+    value: float
+    bound: str = "value"
+
+    @property
+    def name(self) -> str:
+        target = self.metric if self.bound == "value" else f"{self.metric}.{self.bound}"
+        return f"{target} {self.op} {self.value:g}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Absolute rules, baseline rules and what an inconclusive metric does."""
+
+    rules: tuple[Rule, ...]
+    baseline_metrics: tuple[str, ...] = ()
+    tolerance: float = 0.0
+    inconclusive_fails: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one rule."""
+
+    rule: str
+    status: str
+    observed: float
+    message: str
+
+
+@dataclass(frozen=True)
+class GateResult(CheckResult):
+    """Every rule's verdict; ``passed`` decides the exit code."""
+
+    kind = "gate"
+
+    verdicts: tuple[Verdict, ...]
+    passed: bool
+    baseline: str
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "gate.passed": 1.0 if self.passed else 0.0,
+            "gate.failed_rules": float(sum(v.status in ("fail", "error") for v in self.verdicts)),
+        }
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy file (errors name the rule and the allowed values)."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"policy {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(doc) - {"rule", "baseline", "inconclusive"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in policy {path}; allowed: rule, baseline, inconclusive")
+    rules = []
+    for i, raw in enumerate(doc.get("rule", []), start=1):
+        where = f"policy {path.name} rule {i}"
+        if not isinstance(raw, dict) or not {"metric", "op", "value"} <= set(raw):
+            raise ConfigError(f"{where} needs metric, op and value")
+        if raw["op"] not in OPS:
+            raise ConfigError(f"{where}: op must be one of {', '.join(OPS)}, got {raw['op']!r}")
+        bound = raw.get("bound", "value")
+        if bound not in BOUNDS:
+            raise ConfigError(f"{where}: bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
+        if isinstance(raw["value"], bool) or not isinstance(raw["value"], (int, float)):
+            raise ConfigError(f"{where}: value must be a number, got {raw['value']!r}")
+        rules.append(Rule(metric=str(raw["metric"]), op=raw["op"], value=float(raw["value"]), bound=bound))
+    inconclusive = doc.get("inconclusive", "pass")
+    if inconclusive not in ("pass", "fail"):
+        raise ConfigError(f"policy inconclusive must be 'pass' or 'fail', got {inconclusive!r}")
+    base = doc.get("baseline", {})
+    return Policy(
+        rules=tuple(rules),
+        baseline_metrics=tuple(str(m) for m in base.get("metrics", [])),
+        tolerance=float(base.get("tolerance", 0.0)),
+        inconclusive_fails=inconclusive == "fail",
+    )
+
+
+def _value(results: RunResults, rule: Rule) -> float | None:
+    key = rule.metric if rule.bound == "value" else f"{rule.metric}.{rule.bound}"
+    return results.metrics.get(key)
+
+
+def evaluate(results: RunResults, policy: Policy, baseline: RunResults | None = None) -> GateResult:
+    """Apply every rule; a missing metric is an error, a null one is inconclusive."""
+    verdicts = []
+    for rule in policy.rules:
+        observed = _value(results, rule)
+        if observed is None:
+            verdicts.append(
+                Verdict(
+                    rule.name,
+                    "error",
+                    math.nan,
+                    f"no metric {rule.metric!r} in the results (did its check run? see docs/metrics.md)",
+                )
+            )
+        elif math.isnan(observed):
+            verdicts.append(
+                Verdict(
+                    rule.name, "inconclusive", observed, "not enough data to decide (e.g. a group below min_support)"
+                )
+            )
+        else:
+            ok = observed >= rule.value if rule.op == ">=" else observed <= rule.value
+            verdicts.append(
+                Verdict(
+                    rule.name,
+                    "pass" if ok else "fail",
+                    observed,
+                    f"observed {observed:.4g}, required {rule.op} {rule.value:g}",
+                )
+            )
+    label = ""
+    if baseline is not None:
+        check_comparable(results, baseline)
+        label = baseline.manifest.model_sha256[:12]
+        for metric in policy.baseline_metrics:
+            new, old = results.metrics.get(metric), baseline.metrics.get(metric)
+            name = f"{metric} >= baseline - {policy.tolerance:g}"
+            if new is None or old is None:
+                verdicts.append(Verdict(name, "error", math.nan, f"{metric!r} is missing from one of the two runs"))
+            elif math.isnan(new) or math.isnan(old):
+                verdicts.append(Verdict(name, "inconclusive", new, "not enough data in one of the two runs"))
+            else:
+                ok = new >= old - policy.tolerance
+                verdicts.append(
+                    Verdict(
+                        name,
+                        "pass" if ok else "fail",
+                        new,
+                        f"{new:.4g} now vs {old:.4g} in the baseline ({new - old:+.4g})",
+                    )
+                )
+    bad = {"fail", "error"} | ({"inconclusive"} if policy.inconclusive_fails else set())
+    passed = not any(v.status in bad for v in verdicts)
+    return GateResult(verdicts=tuple(verdicts), passed=passed, baseline=label)
+
+
+def check_comparable(results: RunResults, baseline: RunResults) -> None:
+    """Refuse a baseline measured on other data or with other settings."""
+    if results.manifest.data_sha256 != baseline.manifest.data_sha256:
+        raise DataError(
+            "the baseline was measured on different data (data SHA-256 differs); re-run it on the same data"
+        )
+    mine, theirs = dict(results.manifest.config), dict(baseline.manifest.config)
+    differ = [k for k in COMPARABLE_KEYS if k in mine and k in theirs and mine[k] != theirs[k] and k != "data"]
+    if differ:
+        k = differ[0]
+        raise DataError(
+            f"the baseline used a different configuration ({k}: {theirs[k]} vs {mine[k]} now); "
+            "compare runs made with the same settings"
+        )
+
+
+def junit_xml(gate: GateResult) -> str:
+    """One test case per rule: failure = violated, error = could not be evaluated, skipped = inconclusive."""
+    suite = ET.Element(
+        "testsuite",
+        name="auditkit.gate",
+        tests=str(len(gate.verdicts)),
+        failures=str(sum(v.status == "fail" for v in gate.verdicts)),
+        errors=str(sum(v.status == "error" for v in gate.verdicts)),
+        skipped=str(sum(v.status == "inconclusive" for v in gate.verdicts)),
+    )
+    for v in gate.verdicts:
+        case = ET.SubElement(suite, "testcase", classname="auditkit.gate", name=v.rule)
+        if v.status == "fail":
+            ET.SubElement(case, "failure", message=v.message).text = v.message
+        elif v.status == "error":
+            ET.SubElement(case, "error", message=v.message).text = v.message
+        elif v.status == "inconclusive":
+            ET.SubElement(case, "skipped", message=v.message)
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _md(text: str) -> str:
+    """Make a label safe for a Markdown table and for GitHub workflow-command parsing."""
+    return (
+        text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A").replace("::", ":\u200b:").replace("|", "\\|")
+    )
+
+
+def markdown_summary(gate: GateResult, results: RunResults) -> str:
+    """A short Markdown verdict table for ``$GITHUB_STEP_SUMMARY`` (kept under 1 MiB)."""
+    icon = {"pass": "✅", "fail": "❌", "error": "⛔", "inconclusive": "❔"}
+    lines = [
+        f"## auditkit gate: {'passed' if gate.passed else 'FAILED'}",
+        "",
+        f"Model `{_md(results.manifest.model_sha256[:12])}` on `{_md(Path(results.manifest.data_path).name)}`"
+        f" ({results.manifest.num_samples} images)",
+        "",
+        "| | rule | observed | note |",
+        "|---|---|---|---|",
+    ]
+    for v in gate.verdicts:
+        observed = "–" if math.isnan(v.observed) else f"{v.observed:.4g}"
+        lines.append(f"| {icon[v.status]} | `{_md(v.rule)}` | {observed} | {_md(v.message)} |")
+    text = "\n".join(lines) + "\n"
+    return text.encode("utf-8")[: 1 << 20].decode("utf-8", errors="ignore")
+
+
+def with_gate(results: RunResults, gate: GateResult) -> RunResults:
+    """``results`` with ``gate`` as its (only) gate result and its metrics merged in."""
+    checks = (*(c for c in results.checks if not isinstance(c, GateResult)), gate)
+    metrics = {k: v for k, v in results.metrics.items() if not k.startswith("gate.")} | gate.metrics()
+    return RunResults(manifest=results.manifest, checks=checks, schema_version=results.schema_version, metrics=metrics)
+
+
+def write_ci_outputs(gate: GateResult, results: RunResults, *, junit: Path | None, summary: Path | None) -> None:
+    if junit is not None:
+        atomic_write_text(junit, junit_xml(gate))
+    if summary is not None:
+        try:
+            with summary.open("a", encoding="utf-8") as fh:  # GITHUB_STEP_SUMMARY is appended to
+                fh.write(markdown_summary(gate, results))
+        except OSError as exc:
+            raise OutputWriteError(f"cannot write summary {summary}: {exc.strerror or exc}") from exc

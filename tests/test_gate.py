@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+from typer.testing import CliRunner
+
+from auditkit.cli import app
+from auditkit.gate import GateResult, Policy, Rule, evaluate, markdown_summary
+from auditkit.results import RunResults
+
+runner = CliRunner()
+
+
+def write_policy(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def results(demo_run: Path) -> Path:
+    return demo_run / "results.json"
+
+
+def test_passing_policy_exits_0_and_writes_junit(results: Path, tmp_path: Path) -> None:
+    policy = write_policy(
+        tmp_path / "p.toml",
+        """
+[[rule]]
+metric = "clean.accuracy"
+op = ">="
+value = 0.9
+bound = "ci_low"
+
+[[rule]]
+metric = "subgroups.accuracy_gap[attribute=site]"
+op = "<="
+value = 0.2
+""",
+    )
+    out = runner.invoke(
+        app,
+        [
+            "gate",
+            str(results),
+            "--policy",
+            str(policy),
+            "--junit",
+            str(tmp_path / "j.xml"),
+            "--summary",
+            str(tmp_path / "s.md"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert "gate: passed" in out.output
+    suite = ET.parse(tmp_path / "j.xml").getroot()
+    assert suite.tag == "testsuite" and suite.get("tests") == "2" and suite.get("failures") == "0"
+    assert "✅" in (tmp_path / "s.md").read_text()
+    updated = RunResults.read(tmp_path / "o" / "results.json")
+    gate = updated.check(GateResult)
+    assert gate is not None and gate.passed and updated.metrics["gate.passed"] == 1.0
+    assert "CI gate" in (tmp_path / "o" / "index.html").read_text()
+
+
+def test_violated_rule_exits_1_and_is_named(results: Path, tmp_path: Path) -> None:
+    policy = write_policy(
+        tmp_path / "p.toml",
+        """
+[[rule]]
+metric = "attack.robust_accuracy[norm=linf,eps=0.1]"
+op = ">="
+value = 0.6
+""",
+    )
+    out = runner.invoke(app, ["gate", str(results), "--policy", str(policy), "--junit", str(tmp_path / "j.xml")])
+    assert out.exit_code == 1
+    assert "FAIL" in out.output and "attack.robust_accuracy[norm=linf,eps=0.1] >= 0.6" in out.output
+    suite = ET.parse(tmp_path / "j.xml").getroot()
+    assert suite.get("failures") == "1"
+    assert suite.find("testcase/failure") is not None
+
+
+def test_missing_metric_is_an_error_verdict(results: Path, tmp_path: Path) -> None:
+    policy = write_policy(tmp_path / "p.toml", '[[rule]]\nmetric = "saliency.sanity"\nop = ">="\nvalue = 1\n')
+    out = runner.invoke(app, ["gate", str(results), "--policy", str(policy), "--junit", str(tmp_path / "j.xml")])
+    assert out.exit_code == 1 and "ERROR" in out.output
+    assert ET.parse(tmp_path / "j.xml").getroot().find("testcase/error") is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[[rule]]\nmetric = "clean.accuracy"\nop = ">"\nvalue = 1\n', "op must be one of >=, <="),
+        ('[[rule]]\nmetric = "clean.accuracy"\n', "needs metric, op and value"),
+        ("rules = 3\n", "unknown key(s) ['rules']"),
+    ],
+)
+def test_bad_policy_is_a_usage_error(results: Path, tmp_path: Path, text: str, needle: str) -> None:
+    policy = write_policy(tmp_path / "p.toml", text)
+    out = runner.invoke(app, ["gate", str(results), "--policy", str(policy)])
+    assert out.exit_code == 2 and needle in out.output
+
+
+def test_inconclusive_follows_the_policy(results: Path) -> None:
+    loaded = RunResults.read(results)
+    metrics = dict(loaded.metrics) | {"subgroups.accuracy[site=B]": float("nan")}
+    nulled = RunResults(manifest=loaded.manifest, checks=loaded.checks, metrics=metrics)
+    rule = Rule(metric="subgroups.accuracy[site=B]", op=">=", value=0.9)
+    lenient = evaluate(nulled, Policy(rules=(rule,)))
+    strict = evaluate(nulled, Policy(rules=(rule,), inconclusive_fails=True))
+    assert lenient.verdicts[0].status == "inconclusive" and lenient.passed
+    assert not strict.passed
+
+
+def test_summary_escapes_workflow_commands(results: Path) -> None:
+    loaded = RunResults.read(results)
+    gate = GateResult(verdicts=(), passed=True, baseline="")
+    from auditkit.gate import Verdict
+
+    gate = GateResult(
+        verdicts=(Verdict("::error::x % y", "fail", 0.1, "line\nbreak | pipe"),), passed=False, baseline=""
+    )
+    text = markdown_summary(gate, loaded)
+    assert "::error::" not in text and "%25" in text and "%0A" in text and "\\|" in text
+    assert len(text.encode()) < 1 << 20
+
+
+def _audit_clean_only(model: Path, data: Path, out: Path, cfg_dir: Path, *extra: str) -> int:
+    cfg = cfg_dir / "auditkit.toml"
+    cfg.write_text('checks = ["clean"]\nseed = 0\n')
+    result = runner.invoke(
+        app, ["audit", str(model), str(data), "--config", str(cfg), "--out", str(out), "--no-progress", *extra]
+    )
+    return result.exit_code
+
+
+def test_baseline_catches_a_worse_model_not_a_rerun(demo_run: Path, tmp_path: Path) -> None:
+    from auditkit.demo import train_digits_model
+
+    data = demo_run / "data" / "test.csv"
+    good = demo_run / "model" / "model.safetensors"
+    worse, _ = train_digits_model(
+        demo_run / "data" / "train.csv",
+        tmp_path / "worse" / "model.safetensors",
+        epochs=1,
+        device="cpu",
+        progress=False,
+    )
+    assert _audit_clean_only(good, data, tmp_path / "base", tmp_path) == 0
+    policy = write_policy(tmp_path / "p.toml", '[baseline]\nmetrics = ["clean.accuracy"]\ntolerance = 0.01\n')
+    rerun = _audit_clean_only(
+        good,
+        data,
+        tmp_path / "rerun",
+        tmp_path,
+        "--policy",
+        str(policy),
+        "--baseline",
+        str(tmp_path / "base" / "results.json"),
+    )
+    assert rerun == 0
+    worse_code = _audit_clean_only(
+        worse,
+        data,
+        tmp_path / "worse_out",
+        tmp_path,
+        "--policy",
+        str(policy),
+        "--baseline",
+        str(tmp_path / "base" / "results.json"),
+    )
+    assert worse_code == 1
+
+
+def test_baseline_on_other_data_is_refused(results: Path, tmp_path: Path) -> None:
+    doc = json.loads(results.read_text())
+    doc["manifest"]["data_sha256"] = "0" * 64
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(doc))
+    policy = write_policy(tmp_path / "p.toml", '[baseline]\nmetrics = ["clean.accuracy"]\n')
+    out = runner.invoke(app, ["gate", str(results), "--policy", str(policy), "--baseline", str(other)])
+    assert out.exit_code == 3 and "different data" in out.output
+    shutil.rmtree(tmp_path, ignore_errors=True)
