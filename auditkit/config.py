@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 
 from auditkit.engine import DEVICES
 from auditkit.exceptions import ConfigError
+from auditkit.io import read_toml
 
 AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation", "attack", "subgroups")
 LIST_AS_TEXT = ("angles", "spatial_angles", "epsilons")
@@ -76,12 +76,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read ``auditkit.toml``; relative paths in it are taken relative to its folder."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    doc = read_toml(path, "config file")
     values = {k.replace("-", "_"): v for k, v in doc.items()}
     for key in PATH_KEYS:
         if isinstance(values.get(key), str) and values[key] != "digits" and not values[key].startswith("digits:"):

@@ -18,14 +18,13 @@ A policy is TOML::
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from xml.etree import ElementTree as ET
 
 from auditkit.exceptions import ConfigError, DataError, OutputWriteError
-from auditkit.io import atomic_write_text
+from auditkit.io import atomic_write_text, read_toml
 from auditkit.results import CheckResult, RunResults
 
 Status = Literal["pass", "fail", "inconclusive", "error"]
@@ -114,12 +113,7 @@ class GateResult(CheckResult):
 
 def load_policy(path: Path) -> Policy:
     """Read and validate a policy file (errors name the rule and the allowed values)."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"policy {path} is not valid TOML: {exc}") from exc
+    doc = read_toml(path, "policy")
     unknown = sorted(set(doc) - {"rule", "baseline", "inconclusive"})
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in policy {path}; allowed: rule, baseline, inconclusive")

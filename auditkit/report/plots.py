@@ -17,6 +17,7 @@ from auditkit.checks.attack import AttackResult
 from auditkit.checks.clean import CleanResult
 from auditkit.checks.rotation import RotationResult
 from auditkit.checks.subgroups import SubgroupResult
+from auditkit.results import Interval
 
 _STYLE: Any = {"svg.fonttype": "none", "svg.hashsalt": "auditkit", "font.size": 9}
 
@@ -108,16 +109,20 @@ def sanitize_svg(svg: str) -> str:
     return re.sub(r"<script.*?</script>", "", svg, flags=re.S | re.I)
 
 
+def _banded(ax: Any, x: np.ndarray, intervals: list[Interval], color: str, label: str) -> None:
+    """A line of point estimates with its 95% interval as a shaded band."""
+    low = np.array([i.low for i in intervals])
+    high = np.array([i.high for i in intervals])
+    ax.fill_between(x, low, high, color=color, alpha=0.22, lw=0, label="95% interval")
+    ax.plot(x, np.array([i.value for i in intervals]), color=color, marker="o", ms=3.5, lw=1.5, label=label)
+
+
 def rotation_curve(result: RotationResult) -> str:
     """Accuracy vs angle with its 95% band, the clean accuracy and the chance level."""
     angles = np.array([p.angle for p in result.points])
-    acc = np.array([p.accuracy.value for p in result.points])
-    low = np.array([p.accuracy.low for p in result.points])
-    high = np.array([p.accuracy.high for p in result.points])
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(7.0, 3.0))
-        ax.fill_between(angles, low, high, color="#4c78a8", alpha=0.25, lw=0, label="95% interval")
-        ax.plot(angles, acc, color="#4c78a8", marker="o", ms=3, lw=1.5, label="accuracy")
+        _banded(ax, angles, [p.accuracy for p in result.points], "#4c78a8", "accuracy")
         ax.axhline(result.clean_accuracy, color="#54a24b", lw=1, ls="--", label="clean (0°)")
         ax.axhline(1 / max(1, len(result.class_names)), color="#999", lw=1, ls=":", label="chance")
         ax.axvspan(
@@ -199,13 +204,9 @@ def subgroup_bars(result: SubgroupResult, attribute: str) -> str:
 def attack_curve(result: AttackResult) -> str:
     """Robust accuracy vs epsilon with its 95% band; clean accuracy and chance for reference."""
     eps = np.array([p.eps for p in result.curve])
-    acc = np.array([p.robust.value for p in result.curve])
-    low = np.array([p.robust.low for p in result.curve])
-    high = np.array([p.robust.high for p in result.curve])
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(6.0, 3.0))
-        ax.fill_between(eps, low, high, color="#e45756", alpha=0.2, lw=0, label="95% interval")
-        ax.plot(eps, acc, color="#e45756", marker="o", ms=4, lw=1.5, label=result.attack)
+        _banded(ax, eps, [p.robust for p in result.curve], "#e45756", result.attack)
         ax.axhline(1 / max(1, len(result.class_names)), color="#999", lw=1, ls=":", label="chance")
         ax.set_xlabel(f"epsilon ({'Linf' if result.norm == 'linf' else 'L2'} norm, [0, 1] pixel units)")
         ax.set_ylabel("robust accuracy")
