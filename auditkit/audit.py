@@ -17,13 +17,14 @@ import torchvision
 
 from auditkit import __version__
 from auditkit.checks.attack import AdversarialAttack, parse_epsilons
-from auditkit.checks.base import Check
+from auditkit.checks.base import Check, CheckFailure
 from auditkit.checks.clean import CleanAccuracy
 from auditkit.checks.rotation import RotationSweep, parse_angles
 from auditkit.checks.subgroups import Subgroups
 from auditkit.config import AuditConfig
 from auditkit.data import ImageDataset, load_dataset
 from auditkit.engine import Engine, eval_mode
+from auditkit.exceptions import AuditkitError, RunError
 from auditkit.models import LoadedModel, ModelSpec, load_model, probe_outputs
 from auditkit.report.html import write_report
 from auditkit.results import RunManifest, RunResults, collect_metrics
@@ -121,7 +122,12 @@ def run_audit(config: AuditConfig, *, engine: Engine | None = None) -> RunResult
     results = []
     for check in build_checks(config):
         t = time.perf_counter()
-        results.append(check.run(loaded.model, data, engine=engine))
+        try:
+            results.append(check.run(loaded.model, data, engine=engine))
+        except (AuditkitError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # fail closed: recorded, reported, and the run exits 3
+            results.append(CheckFailure(check=check.name, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}"))
         timings.append((check.name, time.perf_counter() - t))
     checks = tuple(results)
     manifest = RunManifest(
@@ -150,6 +156,14 @@ def run_audit(config: AuditConfig, *, engine: Engine | None = None) -> RunResult
         notes=data.notes,
     )
     return RunResults(manifest=manifest, checks=checks, metrics=collect_metrics(checks))
+
+
+def raise_for_failures(results: RunResults) -> None:
+    """Exit 3 (after the outputs are written) when any check crashed."""
+    failed = [c for c in results.checks if isinstance(c, CheckFailure)]
+    if failed:
+        first = failed[0]
+        raise RunError(f"check '{first.check}' crashed ({first.error[:200]}); the report records it")
 
 
 def write_outputs(results: RunResults, out_dir: str | Path) -> tuple[Path, Path]:

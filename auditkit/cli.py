@@ -246,7 +246,7 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
         values = dict(locals())
         values.pop("config")
 
-        from auditkit.audit import run_audit, write_outputs
+        from auditkit.audit import raise_for_failures, run_audit, write_outputs
         from auditkit.config import resolve_config
 
         values["mean"], values["std"] = _floats("mean", mean), _floats("std", std)
@@ -266,6 +266,7 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
             results = with_gate(results, verdict)
         json_path, html_path = write_outputs(results, cfg.out)
         _print_summary(results, json_path, html_path)
+        raise_for_failures(results)
         if verdict is not None:
             from auditkit.gate import write_ci_outputs
 

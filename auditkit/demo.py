@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from auditkit.audit import make_engine, run_audit, write_outputs
+from auditkit.audit import make_engine, raise_for_failures, run_audit, write_outputs
 from auditkit.config import AuditConfig
 from auditkit.data import DIGITS_SITE_NOTE, card_path, digits_split, load_dataset
 from auditkit.io import atomic_write_bytes, atomic_write_text
@@ -132,6 +132,7 @@ def run_demo(
     )
     results = run_audit(config)
     _, report = write_outputs(results, root)
+    raise_for_failures(results)
     return DemoOutput(
         out=root,
         model_path=model_path,

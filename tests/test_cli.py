@@ -38,7 +38,7 @@ def test_demo_model_audited_like_any_user_model(demo_run: Path, tmp_path: Path) 
     torch.save(state, tmp_path / "user.pt")
     spec = json.loads((demo_run / "model" / "model.json").read_text())
     code, out = invoke(
-        "audit",
+        "subgroups",  # the same command body as audit, with the clean and subgroup checks only
         str(tmp_path / "user.pt"),
         str(demo_run / "data" / "test.csv"),
         "--arch",
@@ -163,3 +163,22 @@ def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ti
     model = save_model(tiny_net, DIGITS_SPEC, tmp_path / "m.safetensors")
     code, out = invoke("audit", str(model), "digits")
     assert code == 130 and "interrupted" in out
+
+
+def test_crashing_check_fails_closed_with_the_error_in_the_report(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_net: torch.nn.Module
+) -> None:
+    from auditkit.checks.rotation import RotationSweep
+
+    def boom(self: object, *args: object) -> None:
+        raise RuntimeError("sweep exploded")
+
+    monkeypatch.setattr(RotationSweep, "_run", boom)
+    model = save_model(tiny_net, DIGITS_SPEC, tmp_path / "m.safetensors")
+    code, out = invoke("rotate", str(model), "digits", "--limit", "20", "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 3, out
+    assert "check 'rotation' crashed" in out and "Traceback" not in out
+    html = (tmp_path / "o" / "index.html").read_text()
+    assert "sweep exploded" in html and "Check that crashed" in html
+    doc = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert doc["metrics"]["rotation.crashed"] == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar, final
 
 from torch import nn
@@ -26,3 +27,16 @@ class Check(ABC):
 
     @abstractmethod
     def _run(self, model: nn.Module, data: ImageDataset, engine: Engine) -> CheckResult: ...
+
+
+@dataclass(frozen=True)
+class CheckFailure(CheckResult):
+    """A check that crashed: the run fails closed (exit 3) and the report shows the error."""
+
+    kind = "failure"
+
+    check: str
+    error: str
+
+    def metrics(self) -> dict[str, float]:
+        return {f"{self.check}.crashed": 1.0}

@@ -11,6 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from auditkit.checks.attack import AttackResult
+from auditkit.checks.base import CheckFailure
 from auditkit.checks.clean import CleanResult
 from auditkit.checks.rotation import RotationResult
 from auditkit.checks.subgroups import SubgroupResult
@@ -42,6 +43,7 @@ SECTION_PLOTS["subgroups"] = lambda r: {
 
 SECTION_TITLES: dict[str, str] = {
     "gate": "CI gate",
+    "failure": "Check that crashed",
     "clean": "Clean accuracy",
     "rotation": "Rotation robustness",
     "attack": "Adversarial robustness",
@@ -82,6 +84,8 @@ def headline(check: CheckResult) -> str:
         warns = sum(not s.passed for s in check.soundness)
         sound = "all soundness checks pass" if not warns else f"{warns} soundness warning(s)"
         return f"{_pct(last.robust.value)} robust accuracy under {check.attack} at eps {last.eps:.4g}; {sound}"
+    if isinstance(check, CheckFailure):
+        return f"CRASHED — {check.check}: {check.error[:120]}"
     if isinstance(check, GateResult):
         failed = sum(v.status in ("fail", "error") for v in check.verdicts)
         return (
@@ -108,6 +112,7 @@ def render_report(results: RunResults) -> str:
         sections.append(
             {
                 "kind": check.kind,
+                "anchor": f"{check.kind}-{check.check}" if isinstance(check, CheckFailure) else check.kind,
                 "title": SECTION_TITLES.get(check.kind, check.kind),
                 "headline": headline(check),
                 "result": check,
