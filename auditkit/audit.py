@@ -27,7 +27,7 @@ from auditkit.engine import Engine, eval_mode
 from auditkit.exceptions import AuditkitError, RunError
 from auditkit.models import LoadedModel, ModelSpec, load_model, probe_outputs
 from auditkit.report.html import write_report
-from auditkit.results import RunManifest, RunResults, collect_metrics
+from auditkit.results import RunManifest, RunResults, SampleOutcomes, collect_metrics
 
 
 def build_checks(config: AuditConfig) -> list[Check]:
@@ -155,7 +155,11 @@ def run_audit(config: AuditConfig, *, engine: Engine | None = None) -> RunResult
         warnings=tuple(warnings),
         notes=data.notes,
     )
-    return RunResults(manifest=manifest, checks=checks, metrics=collect_metrics(checks))
+    clean = engine.predict(loaded.model, data)
+    per_sample = {"clean.accuracy": clean.correct.numpy()}
+    per_sample |= {o.metric: (o.values.numpy() >= 0.5) for o in engine.outcomes(data) if o.metric}
+    samples = SampleOutcomes.pack(data.ids, per_sample)
+    return RunResults(manifest=manifest, checks=checks, metrics=collect_metrics(checks), samples=samples)
 
 
 def raise_for_failures(results: RunResults) -> None:

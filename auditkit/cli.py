@@ -354,6 +354,10 @@ def demo(
     last = result.training[-1]
     typer.echo(f"trained {result.model_path} ({len(result.training)} epochs, final train accuracy {last.accuracy:.1%})")
     _print_summary(result.results, result.out / "results.json", result.report)
+    typer.echo(
+        f"gate: policy {result.out / 'policy.toml'} (edit it and re-run: auditkit gate {result.out / 'results.json'} "
+        f"--policy {result.out / 'policy.toml'})"
+    )
     typer.echo(f"open it: file://{result.report.resolve()}")
 
 

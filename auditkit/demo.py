@@ -19,6 +19,7 @@ from PIL import Image
 from auditkit.audit import make_engine, raise_for_failures, run_audit, write_outputs
 from auditkit.config import AuditConfig
 from auditkit.data import DIGITS_SITE_NOTE, card_path, digits_split, load_dataset
+from auditkit.gate import evaluate, load_policy, with_gate
 from auditkit.io import atomic_write_bytes, atomic_write_text
 from auditkit.models import AuditModel, ModelSpec, save_model
 from auditkit.results import RunResults
@@ -26,6 +27,29 @@ from auditkit.train import EpochLog, fit
 from auditkit.zoo import digits_cnn
 
 DEMO_ARCH = "auditkit.zoo:digits_cnn"
+DEMO_POLICY = """\
+# The demo's CI gate (auditkit gate results.json --policy policy.toml); see docs/ci.md.
+[[rule]]
+metric = "clean.accuracy"
+op = ">="
+value = 0.9
+bound = "ci_low"
+
+[[rule]]
+metric = "rotation.mean_accuracy[range=30]"
+op = ">="
+value = 0.5
+
+[[rule]]
+metric = "attack.soundness_warnings"
+op = "<="
+value = 0
+
+[[rule]]
+metric = "subgroups.accuracy_gap[attribute=site]"
+op = "<="
+value = 0.1
+"""
 DEMO_EPSILONS = "0,0.01,0.02,0.05,0.1"  # Linf, [0, 1] pixels: up to the customary 0.1 for digits
 
 
@@ -130,7 +154,10 @@ def run_demo(
         f'model = "model/model.safetensors"\ndata = "data/test.csv"\nout = "."\nseed = {seed}\n'
         f'epsilons = "{DEMO_EPSILONS}"\n',
     )
+    policy = root / "policy.toml"
+    atomic_write_text(policy, DEMO_POLICY)
     results = run_audit(config)
+    results = with_gate(results, evaluate(results, load_policy(policy)))
     _, report = write_outputs(results, root)
     raise_for_failures(results)
     return DemoOutput(

@@ -85,11 +85,17 @@ class Predictions:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A per-sample score in ``[0, 1]`` from one check: ``values`` ``(N,)``, 1 = robust/correct."""
+    """A per-sample score in ``[0, 1]`` from one check: ``values`` ``(N,)``, 1 = robust/correct.
+
+    ``metric`` names the accuracy-type metric these (0/1) values average to, so a baseline run can
+    be compared sample by sample; ``per_group`` outcomes are broken down by ``subgroups``.
+    """
 
     key: str
     label: str
     values: Tensor
+    metric: str = ""
+    per_group: bool = True
 
 
 class Engine:

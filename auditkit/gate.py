@@ -13,6 +13,7 @@ A policy is TOML::
     [baseline]                       # only used with --baseline OLD.json
     metrics = ["clean.accuracy", "attack.robust_accuracy[norm=linf,eps=0.1]"]  # higher is better
     tolerance = 0.01                 # largest allowed drop
+    alpha = 0.05                     # paired McNemar level when both runs stored per-sample outcomes
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from xml.etree import ElementTree as ET
+
+from scipy.stats import binomtest
 
 from auditkit.exceptions import ConfigError, DataError, OutputWriteError
 from auditkit.io import atomic_write_text, read_toml
@@ -35,7 +38,6 @@ COMPARABLE_KEYS = (
     "data",
     "limit",
     "sample",
-    "seed",
     "angles",
     "mean_range",
     "fraction_of_clean",
@@ -81,6 +83,7 @@ class Policy:
     rules: tuple[Rule, ...]
     baseline_metrics: tuple[str, ...] = ()
     tolerance: float = 0.0
+    alpha: float = 0.05
     inconclusive_fails: bool = False
 
 
@@ -138,6 +141,7 @@ def load_policy(path: Path) -> Policy:
         rules=tuple(rules),
         baseline_metrics=tuple(str(m) for m in base.get("metrics", [])),
         tolerance=float(base.get("tolerance", 0.0)),
+        alpha=float(base.get("alpha", 0.05)),
         inconclusive_fails=inconclusive == "fail",
     )
 
@@ -189,18 +193,32 @@ def evaluate(results: RunResults, policy: Policy, baseline: RunResults | None = 
             elif math.isnan(new) or math.isnan(old):
                 verdicts.append(Verdict(name, "inconclusive", new, "not enough data in one of the two runs"))
             else:
-                ok = new >= old - policy.tolerance
-                verdicts.append(
-                    Verdict(
-                        name,
-                        "pass" if ok else "fail",
-                        new,
-                        f"{new:.4g} now vs {old:.4g} in the baseline ({new - old:+.4g})",
-                    )
-                )
+                verdicts.append(_compare(metric, name, new, old, results, baseline, policy))
     bad = {"fail", "error"} | ({"inconclusive"} if policy.inconclusive_fails else set())
     passed = not any(v.status in bad for v in verdicts)
     return GateResult(verdicts=tuple(verdicts), passed=passed, baseline=label)
+
+
+def _compare(
+    metric: str, name: str, new: float, old: float, results: RunResults, baseline: RunResults, policy: Policy
+) -> Verdict:
+    """A regression is a drop beyond the tolerance; when both runs stored this metric's per-sample
+    outcomes on the same samples, it must also be significant by an exact one-sided McNemar test."""
+    text = f"{new:.4g} now vs {old:.4g} in the baseline ({new - old:+.4g})"
+    beyond = new < old - policy.tolerance
+    a, b = results.samples, baseline.samples
+    now_bits = a.get(metric) if a is not None else None
+    old_bits = b.get(metric) if b is not None else None
+    if a is None or b is None or a.ids_sha256 != b.ids_sha256 or now_bits is None or old_bits is None:
+        return Verdict(name, "fail" if beyond else "pass", new, text + "; unpaired (tolerance only)")
+    lost = int((old_bits & ~now_bits).sum())
+    gained = int((~old_bits & now_bits).sum())
+    p = float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue) if lost + gained else 1.0
+    fail = beyond and p < policy.alpha
+    detail = f"; paired McNemar: {lost} samples lost, {gained} gained, p = {p:.3g}"
+    if beyond and not fail:
+        detail += f" (drop not significant at {policy.alpha:g}: noise)"
+    return Verdict(name, "fail" if fail else "pass", new, text + detail)
 
 
 def check_comparable(results: RunResults, baseline: RunResults) -> None:

@@ -7,7 +7,9 @@ and the gate read only this file, so ``auditkit report results.json`` needs noth
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import math
 import types
@@ -20,7 +22,7 @@ from typing import Any, ClassVar, TypeVar
 from auditkit.exceptions import DataError
 from auditkit.io import atomic_write_text
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 T = TypeVar("T")
 
@@ -83,6 +85,39 @@ class RunManifest:
 
 
 @dataclass(frozen=True)
+class SampleOutcomes:
+    """Per-sample 0/1 outcomes behind accuracy-type metrics, for paired baseline comparisons.
+
+    ``bits`` maps a metric name to its ``N`` outcomes packed 8 per byte (numpy ``packbits``) and
+    base64-encoded; ``ids_sha256`` identifies the samples and their order.
+    """
+
+    n: int
+    ids_sha256: str
+    bits: Mapping[str, str]
+
+    @classmethod
+    def pack(cls, ids: tuple[str, ...], outcomes: Mapping[str, Any]) -> SampleOutcomes:
+        import numpy as np
+
+        digest = hashlib.sha256("\x1f".join(ids).encode()).hexdigest()
+        bits = {
+            name: base64.b64encode(np.packbits(np.asarray(v, dtype=bool)).tobytes()).decode("ascii")
+            for name, v in sorted(outcomes.items())
+        }
+        return cls(n=len(ids), ids_sha256=digest, bits=bits)
+
+    def get(self, metric: str) -> Any:
+        """The ``(N,)`` bool array behind ``metric``, or ``None`` when not stored."""
+        import numpy as np
+
+        raw = self.bits.get(metric)
+        if raw is None:
+            return None
+        return np.unpackbits(np.frombuffer(base64.b64decode(raw), dtype=np.uint8))[: self.n].astype(bool)
+
+
+@dataclass(frozen=True)
 class RunResults:
     """Everything one run produced; serialised to results.json."""
 
@@ -90,6 +125,7 @@ class RunResults:
     checks: tuple[CheckResult, ...]
     schema_version: str = SCHEMA_VERSION
     metrics: Mapping[str, float] = field(default_factory=dict)
+    samples: SampleOutcomes | None = None
 
     def check(self, cls: type[T]) -> T | None:
         """The first result of type ``cls``, or ``None`` when that check did not run."""
@@ -104,6 +140,7 @@ class RunResults:
             "manifest": _encode(self.manifest),
             "metrics": {k: _encode(v) for k, v in sorted(self.metrics.items())},
             "checks": [{"kind": c.kind, "result": _encode(c)} for c in self.checks],
+            "samples": _encode(self.samples) if self.samples is not None else None,
         }
         return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
@@ -125,9 +162,10 @@ class RunResults:
                     raise DataError(f"results.json has an unknown check kind {item['kind']!r}")
                 checks.append(_decode(result_cls, item["result"]))
             metrics = {str(k): _decode(float, v) for k, v in doc["metrics"].items()}
+            samples = _decode(SampleOutcomes, doc["samples"]) if doc.get("samples") else None
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"not a valid auditkit results.json: {exc}") from exc
-        return cls(manifest=manifest, checks=tuple(checks), schema_version=version, metrics=metrics)
+        return cls(manifest=manifest, checks=tuple(checks), schema_version=version, metrics=metrics, samples=samples)
 
     def write(self, path: str | Path) -> Path:
         return atomic_write_text(path, self.to_json())

@@ -5,12 +5,13 @@ import shutil
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from auditkit.cli import app
 from auditkit.gate import GateResult, Policy, Rule, evaluate, markdown_summary
-from auditkit.results import RunResults
+from auditkit.results import RunResults, SampleOutcomes
 
 runner = CliRunner()
 
@@ -186,3 +187,76 @@ def test_baseline_on_other_data_is_refused(results: Path, tmp_path: Path) -> Non
     out = runner.invoke(app, ["gate", str(results), "--policy", str(policy), "--baseline", str(other)])
     assert out.exit_code == 3 and "different data" in out.output
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _with_bits(results: RunResults, metric: str, bits: np.ndarray) -> RunResults:
+    samples = SampleOutcomes.pack(tuple(str(i) for i in range(len(bits))), {metric: bits})
+    metrics = dict(results.metrics) | {metric: float(bits.mean())}
+    return RunResults(manifest=results.manifest, checks=results.checks, metrics=metrics, samples=samples)
+
+
+def test_paired_mcnemar_separates_noise_from_regression(results: Path) -> None:
+    loaded = RunResults.read(results)
+    rng = np.random.default_rng(0)
+    old = rng.random(400) < 0.8
+    noisy = old.copy()
+    flip_lost = np.flatnonzero(old)[:4]
+    flip_gained = np.flatnonzero(~old)[:2]
+    noisy[flip_lost], noisy[flip_gained] = False, True  # -0.5 points: 4 lost, 2 gained
+    worse = old.copy()
+    worse[np.flatnonzero(old)[:30]] = False  # -7.5 points: 30 lost
+    metric = "attack.robust_accuracy[norm=linf,eps=0.05]"
+    policy = Policy(rules=(), baseline_metrics=(metric,), tolerance=0.0)
+    base = _with_bits(loaded, metric, old)
+    noise_gate = evaluate(_with_bits(loaded, metric, noisy), policy, base)
+    worse_gate = evaluate(_with_bits(loaded, metric, worse), policy, base)
+    assert noise_gate.passed, noise_gate.verdicts
+    assert "4 samples lost, 2 gained" in noise_gate.verdicts[0].message
+    assert not worse_gate.passed and "30 samples lost" in worse_gate.verdicts[0].message
+
+
+def test_rerun_with_another_attack_seed_is_not_flagged(demo_run: Path, tmp_path: Path) -> None:
+    model, data = demo_run / "model" / "model.safetensors", demo_run / "data" / "test.csv"
+    cfg = tmp_path / "auditkit.toml"
+    cfg.write_text('checks = ["clean", "attack"]\nepsilons = "0,0.05"\nsteps = 5\nlimit = 200\n')
+    base = runner.invoke(
+        app,
+        [
+            "audit",
+            str(model),
+            str(data),
+            "--config",
+            str(cfg),
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "base"),
+            "--no-progress",
+        ],
+    )
+    assert base.exit_code == 0, base.output
+    policy = write_policy(
+        tmp_path / "p.toml",
+        '[baseline]\nmetrics = ["clean.accuracy", "attack.robust_accuracy[norm=linf,eps=0.05]"]\ntolerance = 0.0\n',
+    )
+    rerun = runner.invoke(
+        app,
+        [
+            "audit",
+            str(model),
+            str(data),
+            "--config",
+            str(cfg),
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "rerun"),
+            "--no-progress",
+            "--policy",
+            str(policy),
+            "--baseline",
+            str(tmp_path / "base" / "results.json"),
+        ],
+    )
+    assert rerun.exit_code == 0, rerun.output
+    assert "paired McNemar" in rerun.output

@@ -23,7 +23,13 @@ def test_results_json_shape(demo_run: Path) -> None:
         doc["manifest"]
     )
     assert doc["metrics"]["clean.accuracy"] >= 0.95
-    assert [c["kind"] for c in doc["checks"]] == ["clean", "rotation", "attack", "subgroups"]
+    assert [c["kind"] for c in doc["checks"]] == ["clean", "rotation", "attack", "subgroups", "gate"]
+    assert doc["metrics"]["gate.passed"] == 1.0
+    assert set(doc["samples"]["bits"]) >= {
+        "clean.accuracy",
+        "spatial.accuracy[attack=grid]",
+        "rotation.accuracy[angle=90]",
+    }
 
 
 def test_newer_major_schema_refused(demo_run: Path, tmp_path: Path) -> None:

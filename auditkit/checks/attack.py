@@ -167,6 +167,8 @@ class AdversarialAttack(Check):
         for i, eps in enumerate(self.epsilons):
             robust = clean.correct & ~(broken_at <= i)
             curve.append(CurvePoint(eps=eps, robust=wilson_interval(int(robust.sum()), n)))
+            metric = f"attack.robust_accuracy[norm={self.norm},eps={fmt(eps)}]"
+            engine.publish(data, Outcome(key=metric, label="", values=robust.float(), metric=metric, per_group=False))
         last = len(self.epsilons) - 1
         engine.publish(
             data,

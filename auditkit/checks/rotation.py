@@ -238,6 +238,17 @@ class RotationSweep(Check):
                     values=correct[:, in_range].float().mean(dim=1),
                 ),
             )
+        for j, angle in enumerate(self.angles):
+            engine.publish(
+                data,
+                Outcome(
+                    key=f"rotation[angle={fmt(angle)}]",
+                    label="",
+                    values=correct[:, j].float(),
+                    metric=f"rotation.accuracy[angle={fmt(angle)}]",
+                    per_group=False,
+                ),
+            )
         accs = np.array([p.accuracy.value for p in points])
         worst = int(np.argmin(accs))
         worst_preds = torch.bincount(preds[:, worst], minlength=k_classes)
@@ -309,7 +320,13 @@ class RotationSweep(Check):
         )
         correct = preds == data.labels.unsqueeze(1)
         engine.publish(
-            data, Outcome(key="spatial_grid", label="spatial attack (grid)", values=correct.all(dim=1).float())
+            data,
+            Outcome(
+                key="spatial_grid",
+                label="spatial attack (grid)",
+                values=correct.all(dim=1).float(),
+                metric="spatial.accuracy[attack=grid]",
+            ),
         )
         gen = torch.Generator().manual_seed(engine.seed)
         picks = torch.randint(0, grid.shape[0], (len(data), self.k), generator=gen)

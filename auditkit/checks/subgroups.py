@@ -331,7 +331,7 @@ class Subgroups(Check):
             class_names=data.class_names,
             min_support=self.min_support,
             alpha=self.alpha,
-            outcomes=engine.outcomes(data),
+            outcomes=[o for o in engine.outcomes(data) if o.per_group],
         )
         groups = tuple(self._with_examples(g, columns, data, y_true, y_pred, confidence) for g in groups)
         return SubgroupResult(
