@@ -371,13 +371,17 @@ def report(
             "--out", "-o", help="HTML file to write. [default: index.html beside RESULTS]", show_default=False
         ),
     ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="Another results.json to compare with (before/after).", show_default=False)
+    ] = None,
 ) -> None:
     """Re-render the HTML report from a results.json alone, without re-running anything."""
     from auditkit.report.html import write_report
     from auditkit.results import RunResults
 
     loaded = RunResults.read(results)
-    path = write_report(loaded, out or results.with_name("index.html"))
+    before = RunResults.read(baseline) if baseline is not None else None
+    path = write_report(loaded, out or results.with_name("index.html"), before)
     typer.echo(f"report: {path}")
 
 

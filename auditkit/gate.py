@@ -18,6 +18,7 @@ A policy is TOML::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,7 +289,7 @@ def with_gate(results: RunResults, gate: GateResult) -> RunResults:
     """``results`` with ``gate`` as its (only) gate result and its metrics merged in."""
     checks = (*(c for c in results.checks if not isinstance(c, GateResult)), gate)
     metrics = {k: v for k, v in results.metrics.items() if not k.startswith("gate.")} | gate.metrics()
-    return RunResults(manifest=results.manifest, checks=checks, schema_version=results.schema_version, metrics=metrics)
+    return dataclasses.replace(results, checks=checks, metrics=metrics)
 
 
 def write_ci_outputs(gate: GateResult, results: RunResults, *, junit: Path | None, summary: Path | None) -> None:

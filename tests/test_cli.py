@@ -182,3 +182,18 @@ def test_crashing_check_fails_closed_with_the_error_in_the_report(
     assert "sweep exploded" in html and "Check that crashed" in html
     doc = json.loads((tmp_path / "o" / "results.json").read_text())
     assert doc["metrics"]["rotation.crashed"] == 1.0
+
+
+def test_report_with_baseline_shows_before_and_after(demo_run: Path, tmp_path: Path) -> None:
+    doc = json.loads((demo_run / "results.json").read_text())
+    doc["metrics"]["clean.accuracy"] = 0.5
+    before = tmp_path / "before.json"
+    before.write_text(json.dumps(doc))
+    code, out = invoke(
+        "report", str(demo_run / "results.json"), "--baseline", str(before), "--out", str(tmp_path / "cmp.html")
+    )
+    assert code == 0, out
+    html = (tmp_path / "cmp.html").read_text()
+    assert "Compared with the baseline" in html
+    row = html[html.index("<code>clean.accuracy</code>") :][:300]
+    assert "0.5" in row and "+0.459" in row

@@ -63,6 +63,7 @@ value = 0.2
     assert suite.tag == "testsuite" and suite.get("tests") == "2" and suite.get("failures") == "0"
     assert "✅" in (tmp_path / "s.md").read_text()
     updated = RunResults.read(tmp_path / "o" / "results.json")
+    assert updated.samples == RunResults.read(results).samples  # gating keeps the per-sample outcomes
     gate = updated.check(GateResult)
     assert gate is not None and gate.passed and updated.metrics["gate.passed"] == 1.0
     assert "CI gate" in (tmp_path / "o" / "index.html").read_text()

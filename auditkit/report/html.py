@@ -103,8 +103,21 @@ def headline(check: CheckResult) -> str:
     return ""
 
 
-def render_report(results: RunResults) -> str:
-    """The report HTML for ``results``: inline CSS and SVG, images as data URIs, no scripts."""
+def comparison_rows(results: RunResults, baseline: RunResults) -> list[tuple[str, float, float, float]]:
+    """``(metric, baseline, now, delta)`` for the headline metrics both runs have (no per-class or
+    per-angle detail, no interval bounds)."""
+    rows = []
+    for name in sorted(set(results.metrics) & set(baseline.metrics)):
+        if name.endswith((".ci_low", ".ci_high")) or "class=" in name or "rotation.accuracy[angle=" in name:
+            continue
+        old, new = baseline.metrics[name], results.metrics[name]
+        rows.append((name, old, new, new - old))
+    return rows
+
+
+def render_report(results: RunResults, baseline: RunResults | None = None) -> str:
+    """The report HTML for ``results`` (compared with ``baseline`` when given): inline CSS and
+    SVG, images as data URIs, no scripts."""
     env = _environment()
     sections = []
     for check in sorted(results.checks, key=lambda c: c.kind != "gate"):  # the verdict first
@@ -126,9 +139,11 @@ def render_report(results: RunResults) -> str:
         sections=sections,
         csp=CSP,
         clean=results.check(CleanResult),
+        baseline=baseline,
+        comparison=comparison_rows(results, baseline) if baseline is not None else [],
     )
 
 
-def write_report(results: RunResults, path: str | Path) -> Path:
+def write_report(results: RunResults, path: str | Path, baseline: RunResults | None = None) -> Path:
     """Render and write the report atomically."""
-    return atomic_write_text(path, render_report(results))
+    return atomic_write_text(path, render_report(results, baseline))
