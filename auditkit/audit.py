@@ -20,8 +20,9 @@ from auditkit.checks.attack import AdversarialAttack, parse_epsilons
 from auditkit.checks.base import Check, CheckFailure
 from auditkit.checks.clean import CleanAccuracy
 from auditkit.checks.rotation import RotationSweep, parse_angles
+from auditkit.checks.saliency import SaliencyMaps
 from auditkit.checks.subgroups import Subgroups
-from auditkit.config import AuditConfig
+from auditkit.config import AuditConfig, parse_methods
 from auditkit.data import ImageDataset, load_dataset
 from auditkit.engine import Engine, eval_mode
 from auditkit.exceptions import AuditkitError, RunError
@@ -55,6 +56,9 @@ def build_checks(config: AuditConfig) -> list[Check]:
             restarts=config.restarts,
             random_start=config.random_start,
             targeted=config.targeted,
+        ),
+        "saliency": lambda: SaliencyMaps(
+            methods=parse_methods(config.methods), target=config.saliency_target, layer=config.layer
         ),
         "subgroups": lambda: Subgroups(groups=config.groups, min_support=config.min_support, bins=config.bins),
     }

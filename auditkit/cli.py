@@ -176,6 +176,14 @@ RandomStartOpt = Annotated[
 TargetedOpt = Annotated[
     bool | None, _opt("Targeted attack (each image towards the next class).", "--targeted/--untargeted")
 ]
+MethodsOpt = Annotated[
+    str | None,
+    _opt("Saliency methods, comma-separated: saliency, input_x_gradient, integrated_gradients, smoothgrad, gradcam."),
+]
+SaliencyTargetOpt = Annotated[
+    str | None, _opt("Explain the predicted class (pred), the true class (true) or a class name.")
+]
+LayerOpt = Annotated[str | None, _opt("Grad-CAM layer (module name). [default: the last Conv2d]")]
 PolicyOpt = Annotated[Path | None, _opt("Gate the results with this policy (TOML); exit 1 when a rule fails.")]
 BaselineOpt = Annotated[Path | None, _opt("A baseline results.json for the policy's [baseline] rules.")]
 JunitOpt = Annotated[Path | None, _opt("Write the gate's verdicts as JUnit XML here.")]
@@ -234,6 +242,9 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
         restarts: RestartsOpt = None,
         random_start: RandomStartOpt = None,
         targeted: TargetedOpt = None,
+        methods: MethodsOpt = None,
+        saliency_target: SaliencyTargetOpt = None,
+        layer: LayerOpt = None,
         policy: PolicyOpt = None,
         baseline: BaselineOpt = None,
         junit: JunitOpt = None,
@@ -297,7 +308,7 @@ def _finish_gate(verdict: Any) -> None:
 
 app.command(
     "audit",
-    help="Audit MODEL on DATA with every built check (clean accuracy, rotation, attack, subgroups); "
+    help="Audit MODEL on DATA with every built check (clean accuracy, rotation, attack, saliency, subgroups); "
     "write results.json and index.html.",
 )(_audit_command(None))
 app.command(
@@ -310,6 +321,11 @@ app.command(
     help="FGSM/PGD (Linf, L2) robust-accuracy curve over epsilons, or any foolbox attack, with soundness checks "
     "that flag gradient masking; writes results.json and index.html.",
 )(_audit_command(("clean", "attack")))
+app.command(
+    "saliency",
+    help="Saliency maps through captum (gradient, input x gradient, integrated gradients, SmoothGrad, Grad-CAM) "
+    "for a deterministic selection of images, with the model-parameter randomisation sanity check.",
+)(_audit_command(("clean", "saliency")))
 app.command(
     "subgroups",
     help="Error breakdown per subgroup and per intersection of the data's metadata columns (--group), "
@@ -428,7 +444,6 @@ def _not_built(name: str, issue: str) -> None:
 for _name, _issue in (
     ("harden", "adversarial training and rotation augmentation"),
     ("shortcut", "shortcut-learning probes"),
-    ("saliency", "gradient saliency with a sanity check"),
 ):
     _not_built(_name, _issue)
 

@@ -13,8 +13,8 @@ from auditkit.engine import DEVICES
 from auditkit.exceptions import ConfigError
 from auditkit.io import read_toml
 
-AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation", "attack", "subgroups")
-LIST_AS_TEXT = ("angles", "spatial_angles", "epsilons")
+AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation", "attack", "saliency", "subgroups")
+LIST_AS_TEXT = ("angles", "spatial_angles", "epsilons", "methods")
 PATH_KEYS = ("model", "data", "out")
 
 
@@ -61,6 +61,10 @@ class AuditConfig:
     restarts: int = 1
     random_start: bool = True
     targeted: bool = False
+    # saliency
+    methods: str = "saliency,input_x_gradient,integrated_gradients,smoothgrad,gradcam"
+    saliency_target: str = "pred"
+    layer: str | None = None
     # subgroups
     groups: tuple[str, ...] = ()
     min_support: int = 30
@@ -151,6 +155,11 @@ def resolve_config(cli: Mapping[str, Any], config_file: Path | None = None) -> A
     return config
 
 
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"saliency, gradcam"`` -> ``("saliency", "gradcam")``."""
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
 def validate(config: AuditConfig) -> None:
     """Check closed choices and ranges; messages name the parameter, the allowed values and the value."""
     if config.device.split(":")[0] not in DEVICES:
@@ -196,6 +205,11 @@ def validate(config: AuditConfig) -> None:
         raise ConfigError(f"attack must be pgd, fgsm or foolbox:<AttackName>, got {config.attack!r}")
     if config.steps < 1 or config.restarts < 1:
         raise ConfigError(f"steps and restarts must be at least 1, got {config.steps} and {config.restarts}")
+    from auditkit.checks.saliency import METHODS
+
+    bad_methods = [m for m in parse_methods(config.methods) if m not in METHODS]
+    if bad_methods:
+        raise ConfigError(f"methods must be among {', '.join(METHODS)}, got {bad_methods}")
     if config.min_support < 1:
         raise ConfigError(f"min_support must be at least 1, got {config.min_support}")
     if config.bins is not None and config.bins < 2:

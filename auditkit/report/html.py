@@ -14,6 +14,7 @@ from auditkit.checks.attack import AttackResult
 from auditkit.checks.base import CheckFailure
 from auditkit.checks.clean import CleanResult
 from auditkit.checks.rotation import RotationResult
+from auditkit.checks.saliency import SaliencyResult
 from auditkit.checks.subgroups import SubgroupResult
 from auditkit.gate import GateResult
 from auditkit.io import atomic_write_text
@@ -47,6 +48,7 @@ SECTION_TITLES: dict[str, str] = {
     "clean": "Clean accuracy",
     "rotation": "Rotation robustness",
     "attack": "Adversarial robustness",
+    "saliency": "Saliency",
     "subgroups": "Subgroups",
 }
 
@@ -91,6 +93,12 @@ def headline(check: CheckResult) -> str:
         return (
             "PASSED" if check.passed else "FAILED"
         ) + f": {len(check.verdicts) - failed} of {len(check.verdicts)} rules hold"
+    if isinstance(check, SaliencyResult):
+        ok = [s.method for s in check.sanity if s.passed]
+        bad = [s.method for s in check.sanity if not s.passed]
+        return f"sanity check passed: {', '.join(ok) or 'none'}" + (
+            f"; not trustworthy here: {', '.join(bad)}" if bad else ""
+        )
     if isinstance(check, SubgroupResult):
         if not check.groups:
             return "no metadata column to group by"
