@@ -241,7 +241,8 @@ class SaliencyMaps(Check):
         fn = self.registry[method]
 
         def run(b: Batch) -> Tensor:
-            return fn(model, b.x, targets[b.start : b.stop].to(b.x.device), layer).float().cpu()
+            x = b.x.detach().clone().requires_grad_(True)  # captum would warn and set it itself
+            return fn(model, x, targets[b.start : b.stop].to(b.x.device), layer).detach().float().cpu()
 
         return torch.cat(list(engine.map(run, data, description=f"saliency {method}", grad=True)))
 
