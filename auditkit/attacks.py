@@ -133,9 +133,11 @@ class PGD:
                     if xa_sel is not None:
                         grad = grad[xa_sel]
                     base, start = adv[active], x[active]
-                    adv[active] = (start + self._project(base + self._ascent(grad, alpha) - start, eps)).clamp(0, 1)
+                    adv[active] = (
+                        start + project(base + ascent(grad, alpha, self.norm) - start, eps, self.norm)
+                    ).clamp(0, 1)
                 else:
-                    adv = (x + self._project(adv + self._ascent(grad, alpha) - x, eps)).clamp(0, 1)
+                    adv = (x + project(adv + ascent(grad, alpha, self.norm) - x, eps, self.norm)).clamp(0, 1)
         with torch.no_grad():
             if len(active):
                 hit[active] = self._hit(model(adv[active]), goal[active])
@@ -145,19 +147,6 @@ class PGD:
         pred = logits.argmax(dim=1)
         return pred == goal if self.targeted else pred != goal
 
-    def _ascent(self, grad: Tensor, alpha: float) -> Tensor:
-        if self.norm == "linf":
-            return alpha * grad.sign()
-        flat = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-        return alpha * grad / flat.view(-1, *([1] * (grad.ndim - 1)))
-
-    def _project(self, delta: Tensor, eps: float) -> Tensor:
-        if self.norm == "linf":
-            return delta.clamp(-eps, eps)
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-        factor = (eps / norms).clamp(max=1.0)
-        return delta * factor.view(-1, *([1] * (delta.ndim - 1)))
-
     def _init(self, x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
         if self.norm == "linf":
             u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
@@ -166,3 +155,20 @@ class PGD:
         g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.ndim - 1)))
         r = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device) ** (1.0 / x[0].numel())
         return g * (eps * r).view(-1, *([1] * (x.ndim - 1)))
+
+
+def ascent(grad: Tensor, alpha: float, norm: Norm) -> Tensor:
+    """One steepest-ascent step of length ``alpha`` under ``norm`` for ``grad`` ``(B, ...)``."""
+    if norm == "linf":
+        return alpha * grad.sign()
+    flat = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return alpha * grad / flat.view(-1, *([1] * (grad.ndim - 1)))
+
+
+def project(delta: Tensor, eps: float, norm: Norm) -> Tensor:
+    """Project perturbations ``delta`` ``(B, ...)`` onto the ``norm`` ball of radius ``eps``."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    factor = (eps / norms).clamp(max=1.0)
+    return delta * factor.view(-1, *([1] * (delta.ndim - 1)))

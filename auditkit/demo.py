@@ -23,7 +23,7 @@ from auditkit.gate import evaluate, load_policy, with_gate
 from auditkit.io import atomic_write_bytes, atomic_write_text
 from auditkit.models import AuditModel, ModelSpec, save_model
 from auditkit.results import RunResults
-from auditkit.train import EpochLog, fit
+from auditkit.train import EpochLog, TrainConfig, fit
 from auditkit.zoo import digits_cnn
 
 DEMO_ARCH = "auditkit.zoo:digits_cnn"
@@ -118,7 +118,7 @@ def train_digits_model(
     )
     torch.manual_seed(seed)
     model = AuditModel(digits_cnn(num_classes=data.num_classes), spec)
-    logs = fit(model, data, engine=engine, epochs=epochs)
+    logs = list(fit(model, data, engine=engine, config=TrainConfig(epochs=epochs)).logs)
     save_model(model.net, spec, model_path)
     return model_path, logs
 

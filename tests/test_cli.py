@@ -88,7 +88,7 @@ def test_report_rerenders_identically(demo_run: Path, tmp_path: Path) -> None:
     assert (tmp_path / "again.html").read_text() == (demo_run / "index.html").read_text()
 
 
-@pytest.mark.parametrize("command", ["harden", "shortcut"])
+@pytest.mark.parametrize("command", ["shortcut"])
 def test_unbuilt_commands_say_so(command: str) -> None:
     code, out = invoke(command, "model.pt", "digits")
     assert code == 2

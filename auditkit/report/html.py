@@ -13,13 +13,14 @@ from markupsafe import Markup
 from auditkit.checks.attack import AttackResult
 from auditkit.checks.base import CheckFailure
 from auditkit.checks.clean import CleanResult
+from auditkit.checks.harden import HardenResult
 from auditkit.checks.rotation import RotationResult
 from auditkit.checks.saliency import SaliencyResult
 from auditkit.checks.subgroups import SubgroupResult
 from auditkit.gate import GateResult
 from auditkit.io import atomic_write_text
 from auditkit.report import plots
-from auditkit.results import CheckResult, RunResults
+from auditkit.results import CheckResult, RunResults, fmt
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 
@@ -42,7 +43,25 @@ SECTION_PLOTS["subgroups"] = lambda r: {
     "bars": {a: Markup(plots.sanitize_svg(plots.subgroup_bars(r, a))) for a in r.attributes},
 }
 
+
+def _harden_plots(r: HardenResult) -> dict[str, Any]:
+    def svg(text: str) -> Markup:
+        return Markup(plots.sanitize_svg(text))
+
+    out: dict[str, Any] = {"training_svg": svg(plots.harden_training(r)), "attack_svg": "", "rotation_svg": ""}
+    if r.after_attack:
+        label = f"epsilon ({r.norm}, [0, 1] pixel units)"
+        out["attack_svg"] = svg(plots.before_after(r.before_attack, r.after_attack, xlabel=label, ylabel="robust acc."))
+    if r.after_rotation:
+        label = "rotation angle (degrees)"
+        out["rotation_svg"] = svg(plots.before_after(r.before_rotation, r.after_rotation, xlabel=label, ylabel="acc."))
+    return out
+
+
+SECTION_PLOTS["harden"] = _harden_plots
+
 SECTION_TITLES: dict[str, str] = {
+    "harden": "Hardening: before vs after",
     "gate": "CI gate",
     "failure": "Check that crashed",
     "clean": "Clean accuracy",
@@ -86,6 +105,16 @@ def headline(check: CheckResult) -> str:
         warns = sum(not s.passed for s in check.soundness)
         sound = "all soundness checks pass" if not warns else f"{warns} soundness warning(s)"
         return f"{_pct(last.robust.value)} robust accuracy under {check.attack} at eps {last.eps:.4g}; {sound}"
+    if isinstance(check, HardenResult):
+        parts = [f"{check.label}, kept epoch {check.kept_epoch}"]
+        if check.overfit_epoch is not None:
+            parts.append(f"catastrophic overfitting at epoch {check.overfit_epoch}")
+        for name, old, new, _ in check.deltas:
+            if name == "clean.accuracy" or name.startswith(("attack.robust_accuracy", "rotation.mean_accuracy")):
+                if name.startswith("attack.robust_accuracy") and f"eps={fmt(check.eps)}]" not in name:
+                    continue
+                parts.append(f"{name} {_pct(old)} → {_pct(new)}")
+        return "; ".join(parts)
     if isinstance(check, CheckFailure):
         return f"CRASHED — {check.check}: {check.error[:120]}"
     if isinstance(check, GateResult):
@@ -128,7 +157,8 @@ def render_report(results: RunResults, baseline: RunResults | None = None) -> st
     SVG, images as data URIs, no scripts."""
     env = _environment()
     sections = []
-    for check in sorted(results.checks, key=lambda c: c.kind != "gate"):  # the verdict first
+    order = {"gate": 0, "harden": 1}  # the verdict first, then what hardening changed
+    for check in sorted(results.checks, key=lambda c: order.get(c.kind, 2)):
         extra = SECTION_PLOTS.get(check.kind, lambda r: {})(check)
         sections.append(
             {

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from auditkit.checks.attack import AttackResult
 from auditkit.checks.clean import CleanResult
+from auditkit.checks.harden import HardenResult
 from auditkit.checks.rotation import RotationResult
 from auditkit.checks.subgroups import SubgroupResult
 from auditkit.results import Interval
@@ -212,5 +213,59 @@ def attack_curve(result: AttackResult) -> str:
         ax.set_ylabel("robust accuracy")
         ax.set_ylim(0, 1.02)
         ax.legend(loc="upper right", frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+    return to_svg(fig)
+
+
+def harden_training(result: HardenResult) -> str:
+    """Per epoch: training loss (left) and training / validation accuracies (right); the epoch
+    whose weights were kept and a detected catastrophic overfitting are marked."""
+    logs = result.logs
+    epochs = np.array([log.epoch for log in logs])
+    with plt.rc_context(_STYLE):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 2.8))
+        left.plot(epochs, [log.loss for log in logs], "o-", color="#4c78a8", ms=3)
+        left.set_xlabel("epoch")
+        left.set_ylabel("training loss")
+        series = [
+            ("accuracy", "training inputs", "#4c78a8"),
+            ("val_clean", "validation, clean", "#54a24b"),
+            ("val_pgd", "validation, PGD-10", "#e45756"),
+            ("val_fgsm", "validation, FGSM", "#f58518"),
+        ]
+        for attr, label, color in series:
+            vals = np.array([getattr(log, attr) for log in logs], dtype=float)
+            if np.isfinite(vals).any():
+                right.plot(epochs, vals, "o-", color=color, ms=3, label=label)
+        right.axvline(result.kept_epoch, color="#333", lw=1, ls="--", label=f"kept (epoch {result.kept_epoch})")
+        if result.overfit_epoch is not None:
+            right.axvline(result.overfit_epoch, color="#b00", lw=1.5, ls=":", label="catastrophic overfitting")
+        right.set_xlabel("epoch")
+        right.set_ylabel("accuracy")
+        right.set_ylim(0, 1.02)
+        right.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        for ax in (left, right):
+            ax.spines[["top", "right"]].set_visible(False)
+    return to_svg(fig)
+
+
+def before_after(
+    before: tuple[tuple[float, ...], ...], after: tuple[tuple[float, ...], ...], *, xlabel: str, ylabel: str
+) -> str:
+    """Two curves on one plot: rows ``(x, value[, low, high])`` before (grey) and after (blue);
+    intervals, when given, are drawn as bands."""
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.0, 3.0))
+        for rows, color, label in ((before, "#888", "before"), (after, "#4c78a8", "after")):
+            if not rows:
+                continue
+            arr = np.array(rows, dtype=float)
+            ax.plot(arr[:, 0], arr[:, 1], "o-", color=color, ms=3, label=label)
+            if arr.shape[1] >= 4:
+                ax.fill_between(arr[:, 0], arr[:, 2], arr[:, 3], color=color, alpha=0.2, lw=0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="best", frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
     return to_svg(fig)
