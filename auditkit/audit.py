@@ -21,6 +21,7 @@ from auditkit.checks.base import Check, CheckFailure
 from auditkit.checks.clean import CleanAccuracy
 from auditkit.checks.rotation import RotationSweep, parse_angles
 from auditkit.checks.saliency import SaliencyMaps
+from auditkit.checks.shortcut import ShortcutProbes
 from auditkit.checks.subgroups import Subgroups
 from auditkit.config import AuditConfig, parse_methods
 from auditkit.data import ImageDataset, load_dataset
@@ -59,6 +60,15 @@ def build_checks(config: AuditConfig) -> list[Check]:
         ),
         "saliency": lambda: SaliencyMaps(
             methods=parse_methods(config.methods), target=config.saliency_target, layer=config.layer
+        ),
+        "shortcut": lambda: ShortcutProbes(
+            cue=config.cue,
+            position=config.cue_position,
+            size=config.cue_size,
+            value=config.cue_value,
+            occlusion=config.occlusion,
+            shift=config.shift,
+            shift_steps=config.shift_steps,
         ),
         "subgroups": lambda: Subgroups(groups=config.groups, min_support=config.min_support, bins=config.bins),
     }

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from auditkit.exceptions import AuditkitError, ConfigError, NotBuiltError
+from auditkit.exceptions import AuditkitError, ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -198,6 +198,19 @@ GroupOpt = Annotated[
 ]
 MinSupportOpt = Annotated[int | None, _opt("Groups smaller than this are 'insufficient data'. [default: 30]")]
 BinsOpt = Annotated[int | None, _opt("Bin numeric group columns into this many quantile bins.")]
+CueOpt = Annotated[
+    str | None, _opt("Planted cue: patch, border, or an image file stamped into the cue box. [default: patch]")
+]
+CuePositionOpt = Annotated[
+    str | None, _opt("Where the cue goes: top-left, top-right, bottom-left, bottom-right, center. [default: top-left]")
+]
+CueSizeOpt = Annotated[int | None, _opt("Cue size in pixels of the model input (border width). [default: 4]")]
+CueValueOpt = Annotated[float | None, _opt("Cue pixel value in [0, 1] for patch and border. [default: 1.0]")]
+OcclusionOpt = Annotated[
+    str | None, _opt("How cue boxes (manifest columns x0,y0,x1,y1) are hidden: mean, blur, noise. [default: mean]")
+]
+ShiftOpt = Annotated[float | None, _opt("Location probe: largest shift in pixels. [default: 2]")]
+ShiftStepsOpt = Annotated[int | None, _opt("Location probe: shifts per axis. [default: 5]")]
 WorstOfKOpt = Annotated[int | None, _opt("k random grid points for the worst-of-k attack. [default: 10]", "--k")]
 
 
@@ -245,6 +258,13 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
         methods: MethodsOpt = None,
         saliency_target: SaliencyTargetOpt = None,
         layer: LayerOpt = None,
+        cue: CueOpt = None,
+        cue_position: CuePositionOpt = None,
+        cue_size: CueSizeOpt = None,
+        cue_value: CueValueOpt = None,
+        occlusion: OcclusionOpt = None,
+        shift: ShiftOpt = None,
+        shift_steps: ShiftStepsOpt = None,
         policy: PolicyOpt = None,
         baseline: BaselineOpt = None,
         junit: JunitOpt = None,
@@ -308,7 +328,7 @@ def _finish_gate(verdict: Any) -> None:
 
 app.command(
     "audit",
-    help="Audit MODEL on DATA with every built check (clean accuracy, rotation, attack, saliency, subgroups); "
+    help="Audit MODEL on DATA with every check (clean accuracy, rotation, attack, saliency, shortcut, subgroups); "
     "write results.json and index.html.",
 )(_audit_command(None))
 app.command(
@@ -326,6 +346,11 @@ app.command(
     help="Saliency maps through captum (gradient, input x gradient, integrated gradients, SmoothGrad, Grad-CAM) "
     "for a deterministic selection of images, with the model-parameter randomisation sanity check.",
 )(_audit_command(("clean", "saliency")))
+app.command(
+    "shortcut",
+    help="Shortcut probes: stamp a cue (--cue) and see whether answers flip toward one class; hide the cue boxes the "
+    "data gives (columns x0,y0,x1,y1) against a same-size control box; accuracy by position; saliency mass on the cue.",
+)(_audit_command(("clean", "shortcut")))
 app.command(
     "subgroups",
     help="Error breakdown per subgroup and per intersection of the data's metadata columns (--group), "
@@ -370,6 +395,12 @@ def demo(
     last = result.training[-1]
     typer.echo(f"trained {result.model_path} ({len(result.training)} epochs, final train accuracy {last.accuracy:.1%})")
     _print_summary(result.results, result.out / "results.json", result.report)
+    from auditkit.report.html import headline
+
+    for name, probe in result.shortcut.items():
+        found = [c for c in probe.checks if c.kind == "shortcut"]
+        if found:
+            typer.echo(f"shortcut probes, {name} model on data/tagged_test.csv: {headline(found[0])}")
     typer.echo(
         f"gate: policy {result.out / 'policy.toml'} (edit it and re-run: auditkit gate {result.out / 'results.json'} "
         f"--policy {result.out / 'policy.toml'})"
@@ -568,19 +599,6 @@ def harden(
     typer.echo(f"model:   {result.model_path}")
     typer.echo(f"before:  {result.out / 'before' / 'index.html'}")
     typer.echo(f"report:  {result.out / 'index.html'}")
-
-
-def _not_built(name: str, issue: str) -> None:
-    extra = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}
-
-    @app.command(name, help=f"[not built yet] {issue}", **extra)  # type: ignore[arg-type]
-    @handle_errors
-    def _command(ctx: typer.Context) -> None:
-        raise NotBuiltError(f"'auditkit {name}' is not built yet ({issue}); 'auditkit audit' runs the checks that are")
-
-
-for _name, _issue in (("shortcut", "shortcut-learning probes"),):
-    _not_built(_name, _issue)
 
 
 def main() -> None:  # pragma: no cover - console entry for ``python -m auditkit``

@@ -13,7 +13,7 @@ from auditkit.engine import DEVICES
 from auditkit.exceptions import ConfigError
 from auditkit.io import read_toml
 
-AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation", "attack", "saliency", "subgroups")
+AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation", "attack", "saliency", "shortcut", "subgroups")
 LIST_AS_TEXT = ("angles", "spatial_angles", "epsilons", "methods")
 PATH_KEYS = ("model", "data", "out")
 
@@ -65,6 +65,14 @@ class AuditConfig:
     methods: str = "saliency,input_x_gradient,integrated_gradients,smoothgrad,gradcam"
     saliency_target: str = "pred"
     layer: str | None = None
+    # shortcut
+    cue: str = "patch"
+    cue_position: str = "top-left"
+    cue_size: int = 4
+    cue_value: float = 1.0
+    occlusion: str = "mean"
+    shift: float = 2.0
+    shift_steps: int = 5
     # subgroups
     groups: tuple[str, ...] = ()
     min_support: int = 30
@@ -214,6 +222,16 @@ def validate(config: AuditConfig) -> None:
         raise ConfigError(f"min_support must be at least 1, got {config.min_support}")
     if config.bins is not None and config.bins < 2:
         raise ConfigError(f"bins must be at least 2, got {config.bins}")
+    from auditkit.checks.shortcut import OCCLUSIONS, POSITIONS
+
+    if config.occlusion not in OCCLUSIONS:
+        raise ConfigError(f"occlusion must be one of {', '.join(OCCLUSIONS)}, got {config.occlusion!r}")
+    if config.cue_position not in POSITIONS:
+        raise ConfigError(f"cue_position must be one of {', '.join(POSITIONS)}, got {config.cue_position!r}")
+    if config.cue_size < 1 or not 0 <= config.cue_value <= 1:
+        raise ConfigError(f"cue_size must be >= 1 and cue_value in [0, 1], got {config.cue_size}, {config.cue_value}")
+    if config.shift < 0 or config.shift_steps < 1:
+        raise ConfigError(f"shift must be >= 0 and shift_steps >= 1, got {config.shift}, {config.shift_steps}")
     unknown = [c for c in config.checks if c not in AVAILABLE_CHECKS]
     if unknown:
-        raise ConfigError(f"checks must be among {list(AVAILABLE_CHECKS)} (others are not built yet), got {unknown}")
+        raise ConfigError(f"checks must be among {list(AVAILABLE_CHECKS)} got {unknown}")

@@ -64,6 +64,7 @@ class DemoOutput:
     report: Path
     results: RunResults
     training: tuple[EpochLog, ...]
+    shortcut: dict[str, RunResults]
 
 
 def write_digits_dataset(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
@@ -85,6 +86,43 @@ def write_digits_dataset(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
             "notes": [f"scikit-learn's load_digits ({split} split, seed {seed}), upsampled to 28x28.", DIGITS_SITE_NOTE]
         }
         atomic_write_text(card_path(manifest), json.dumps(card, indent=2) + "\n")
+        manifests.append(manifest)
+    return manifests[0], manifests[1]
+
+
+TAG_CLASS = 3
+TAG_BOX = (1, 1, 5, 5)  # x0, y0, x1, y1: a 4x4 white tag in the top-left corner (the default planted cue)
+TAG_SHARE = 0.9
+
+
+def write_tagged_dataset(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
+    """The hospital-tag story: the digits again, with a white corner tag on 90% of the "3"s and on
+    no other image. Manifests ``tagged_{train,test}.csv`` carry the tag's box (``x0,y0,x1,y1``,
+    empty when untagged) so the cue-removal probe can hide it."""
+    rng = np.random.default_rng(seed + 1)
+    manifests = []
+    x0, y0, x1, y1 = TAG_BOX
+    for split, arrays in digits_split(seed=seed).items():
+        rows = io.StringIO()
+        writer = csv.writer(rows, lineterminator="\n")
+        writer.writerow(["path", "label", "site", "x0", "y0", "x1", "y1"])
+        for i, (img, label, site) in enumerate(zip(arrays["x"], arrays["y"], arrays["site"], strict=True)):
+            tagged = int(label) == TAG_CLASS and rng.random() < TAG_SHARE
+            pixels = np.array(img[0])
+            if tagged:
+                pixels[y0:y1, x0:x1] = 255
+            rel = f"images/tagged_{split}/{i:05d}.png"
+            buf = io.BytesIO()
+            Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+            atomic_write_bytes(root / rel, buf.getvalue())
+            writer.writerow([rel, int(label), site, *(TAG_BOX if tagged else ("", "", "", ""))])
+        manifest = root / f"tagged_{split}.csv"
+        atomic_write_text(manifest, rows.getvalue())
+        note = (
+            f"Synthetic shortcut: a white {x1 - x0}x{y1 - y0} px tag in the top-left corner on {TAG_SHARE:.0%} of the "
+            f"'{TAG_CLASS}' images and on no other; its box is in columns x0,y0,x1,y1."
+        )
+        atomic_write_text(card_path(manifest), json.dumps({"notes": [note, DIGITS_SITE_NOTE]}, indent=2) + "\n")
         manifests.append(manifest)
     return manifests[0], manifests[1]
 
@@ -160,6 +198,7 @@ def run_demo(
     results = with_gate(results, evaluate(results, load_policy(policy)))
     _, report = write_outputs(results, root)
     raise_for_failures(results)
+    shortcut = run_shortcut_demo(root, model_path, seed=seed, epochs=epochs, device=device, progress=progress)
     return DemoOutput(
         out=root,
         model_path=model_path,
@@ -168,4 +207,37 @@ def run_demo(
         report=report,
         results=results,
         training=tuple(logs),
+        shortcut=shortcut,
     )
+
+
+def run_shortcut_demo(
+    root: Path, clean_model: Path, *, seed: int, epochs: int, device: str, progress: bool
+) -> dict[str, RunResults]:
+    """Train the tagged model and run the shortcut probes on it and on the clean model, both on
+    the tagged test split: ``{"tagged": ..., "clean": ...}``, written under ``root/shortcut-*``."""
+    train_manifest, test_manifest = write_tagged_dataset(root / "data", seed=seed)
+    tagged_model, _ = train_digits_model(
+        train_manifest,
+        root / "model-tagged" / "model.safetensors",
+        seed=seed,
+        epochs=epochs,
+        device=device,
+        progress=progress,
+    )
+    out = {}
+    for name, model in (("tagged", tagged_model), ("clean", clean_model)):
+        config = AuditConfig(
+            model=str(model),
+            data=str(test_manifest),
+            out=str(root / f"shortcut-{name}"),
+            seed=seed,
+            device=device,
+            progress=progress,
+            checks=("clean", "shortcut"),
+        )
+        results = run_audit(config)
+        write_outputs(results, root / f"shortcut-{name}")
+        raise_for_failures(results)
+        out[name] = results
+    return out

@@ -88,13 +88,6 @@ def test_report_rerenders_identically(demo_run: Path, tmp_path: Path) -> None:
     assert (tmp_path / "again.html").read_text() == (demo_run / "index.html").read_text()
 
 
-@pytest.mark.parametrize("command", ["shortcut"])
-def test_unbuilt_commands_say_so(command: str) -> None:
-    code, out = invoke(command, "model.pt", "digits")
-    assert code == 2
-    assert "not built yet" in out
-
-
 def test_help_lists_every_command() -> None:
     code, out = invoke("--help")
     assert code == 0

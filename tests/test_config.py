@@ -47,7 +47,7 @@ def test_invalid_toml(tmp_path: Path) -> None:
         ({"channels": 2}, "channels must be 1 or 3"),
         ({"mean": (0.1, 0.2)}, "mean must have 1 or 3 values"),
         ({"std": (0.0,)}, "std values must be positive"),
-        ({"checks": ("clean", "rotate")}, "not built yet"),
+        ({"checks": ("clean", "rotate")}, "checks must be among"),
         ({"model": None}, "no model given"),
     ],
 )

@@ -23,7 +23,8 @@ def test_results_json_shape(demo_run: Path) -> None:
         doc["manifest"]
     )
     assert doc["metrics"]["clean.accuracy"] >= 0.95
-    assert [c["kind"] for c in doc["checks"]] == ["clean", "rotation", "attack", "saliency", "subgroups", "gate"]
+    kinds = [c["kind"] for c in doc["checks"]]
+    assert kinds == ["clean", "rotation", "attack", "saliency", "shortcut", "subgroups", "gate"]
     assert doc["metrics"]["gate.passed"] == 1.0
     assert set(doc["samples"]["bits"]) >= {
         "clean.accuracy",

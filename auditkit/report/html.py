@@ -16,6 +16,7 @@ from auditkit.checks.clean import CleanResult
 from auditkit.checks.harden import HardenResult
 from auditkit.checks.rotation import RotationResult
 from auditkit.checks.saliency import SaliencyResult
+from auditkit.checks.shortcut import ShortcutResult
 from auditkit.checks.subgroups import SubgroupResult
 from auditkit.gate import GateResult
 from auditkit.io import atomic_write_text
@@ -60,7 +61,10 @@ def _harden_plots(r: HardenResult) -> dict[str, Any]:
 
 SECTION_PLOTS["harden"] = _harden_plots
 
+SECTION_PLOTS["shortcut"] = lambda r: {"location_svg": Markup(plots.sanitize_svg(plots.location_heatmap(r)))}
+
 SECTION_TITLES: dict[str, str] = {
+    "shortcut": "Shortcut probes",
     "harden": "Hardening: before vs after",
     "gate": "CI gate",
     "failure": "Check that crashed",
@@ -115,6 +119,20 @@ def headline(check: CheckResult) -> str:
                     continue
                 parts.append(f"{name} {_pct(old)} → {_pct(new)}")
         return "; ".join(parts)
+    if isinstance(check, ShortcutResult):
+        found = [
+            name
+            for name, hit in (
+                ("planted cue", check.planted.flagged),
+                ("cue removal", check.removal is not None and check.removal.flagged),
+                ("saliency mass", check.saliency.flagged),
+            )
+            if hit
+        ]
+        if not found:
+            return f"no shortcut found (planted cue pulls {_pct(check.planted.attraction.value)} to one class)"
+        pull = f"{_pct(check.planted.attraction.value)} of answers to '{check.planted.top_class}'"
+        return f"SHORTCUT flagged by {', '.join(found)}; the planted cue pulls {pull}"
     if isinstance(check, CheckFailure):
         return f"CRASHED — {check.check}: {check.error[:120]}"
     if isinstance(check, GateResult):

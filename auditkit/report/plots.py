@@ -17,6 +17,7 @@ from auditkit.checks.attack import AttackResult
 from auditkit.checks.clean import CleanResult
 from auditkit.checks.harden import HardenResult
 from auditkit.checks.rotation import RotationResult
+from auditkit.checks.shortcut import ShortcutResult
 from auditkit.checks.subgroups import SubgroupResult
 from auditkit.results import Interval
 
@@ -268,4 +269,24 @@ def before_after(
         ax.set_ylim(0, 1.02)
         ax.legend(loc="best", frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
+    return to_svg(fig)
+
+
+def location_heatmap(result: ShortcutResult) -> str:
+    """Accuracy by shift of the content (dx across, dy down) as a heat map with values."""
+    loc = result.location
+    grid = np.array(loc.accuracy, dtype=float)
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(3.6, 3.0))
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="upper")
+        ticks = [f"{s:g}" for s in loc.shifts]
+        ax.set_xticks(range(len(ticks)), ticks)
+        ax.set_yticks(range(len(ticks)), ticks)
+        ax.set_xlabel("shift right (px)")
+        ax.set_ylabel("shift down (px)")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                color = "w" if grid[i, j] < 0.6 else "k"
+                ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=7, color=color)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="accuracy")
     return to_svg(fig)
