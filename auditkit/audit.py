@@ -25,11 +25,13 @@ from auditkit.checks.shortcut import ShortcutProbes
 from auditkit.checks.subgroups import Subgroups
 from auditkit.config import AuditConfig, parse_methods
 from auditkit.data import ImageDataset, load_dataset
+from auditkit.distributed import World
 from auditkit.engine import Engine, eval_mode
 from auditkit.exceptions import AuditkitError, RunError
 from auditkit.models import LoadedModel, ModelSpec, load_model, probe_outputs
 from auditkit.report.html import write_report
 from auditkit.results import RunManifest, RunResults, SampleOutcomes, collect_metrics
+from auditkit.resume import BatchStore, run_key
 
 
 def build_checks(config: AuditConfig) -> list[Check]:
@@ -77,13 +79,17 @@ def build_checks(config: AuditConfig) -> list[Check]:
     return [factories[name]() for name in order]
 
 
-def make_engine(config: AuditConfig) -> Engine:
+def make_engine(config: AuditConfig, world: World | None = None) -> Engine:
+    """The engine for ``config``; ``world`` places it in a torch.distributed job."""
     return Engine(
         device=config.device,
         batch_size=config.batch_size,
         seed=config.seed,
         deterministic=config.deterministic,
         progress=config.progress,
+        world=world,
+        workers=config.workers,
+        amp=config.amp,
     )
 
 
@@ -110,6 +116,7 @@ def load_inputs(config: AuditConfig, engine: Engine) -> tuple[LoadedModel, Image
         seed=config.seed,
         max_bad_fraction=config.max_bad_fraction,
         track=engine.track,
+        stream=config.stream,
     )
     engine.to_device(loaded.model)
     probe = engine.batch(data, 0, min(len(data), 8))
@@ -121,8 +128,24 @@ def load_inputs(config: AuditConfig, engine: Engine) -> tuple[LoadedModel, Image
     return loaded, data, warnings
 
 
-def run_audit(config: AuditConfig, *, engine: Engine | None = None) -> RunResults:
-    """Run the configured checks and return typed results (nothing is written)."""
+def resume_key(config: AuditConfig, loaded: LoadedModel, data: ImageDataset, engine: Engine) -> dict[str, str]:
+    """What a saved partial run must match to be resumed: model, data, settings, device, version."""
+    return {
+        "model": loaded.sha256,
+        "data": data.sha256,
+        "config": run_key(config.as_pairs()),
+        "device": engine.device.type,
+        "auditkit": __version__,
+    }
+
+
+def run_audit(config: AuditConfig, *, engine: Engine | None = None, save_batches: bool = False) -> RunResults:
+    """Run the configured checks and return typed results.
+
+    Nothing is written, except with ``save_batches``: then each finished batch is saved under
+    ``config.out`` (see :mod:`auditkit.resume`) and ``config.resume`` restores them; call
+    :func:`auditkit.resume.discard` once the outputs are written.
+    """
     engine = engine or make_engine(config)
     engine.seed_everything()
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -130,6 +153,26 @@ def run_audit(config: AuditConfig, *, engine: Engine | None = None) -> RunResult
     t0 = time.perf_counter()
     loaded, data, warnings = load_inputs(config, engine)
     timings.append(("load", time.perf_counter() - t0))
+    if save_batches or config.resume:
+        describe = resume_key(config, loaded, data, engine)
+        key = run_key(sorted(describe.items()))
+        engine.store = BatchStore.open(config.out, key, resume=config.resume, describe=describe, main=engine.world.main)
+        engine.world.barrier()
+    try:
+        return _run_checks(config, engine, loaded, data, warnings, started, timings)
+    finally:
+        engine.store = None
+
+
+def _run_checks(
+    config: AuditConfig,
+    engine: Engine,
+    loaded: LoadedModel,
+    data: ImageDataset,
+    warnings: list[str],
+    started: str,
+    timings: list[tuple[str, float]],
+) -> RunResults:
     t1 = time.perf_counter()
     engine.predict(loaded.model, data)
     timings.append(("clean_pass", time.perf_counter() - t1))

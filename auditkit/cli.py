@@ -130,6 +130,42 @@ OutOpt = Annotated[
     ),
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars on a terminal.")]
+ResumeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--resume/--no-resume",
+        help="Continue an interrupted run in the same --out folder: finished batches are not recomputed. "
+        "Refused when the model, data or settings changed.",
+        show_default=False,
+    ),
+]
+DistributedOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--distributed/--no-distributed",
+        help="Require a torch.distributed launcher (torchrun sets it up; it is used automatically when present).",
+        show_default=False,
+    ),
+]
+StreamOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Keep image files on disk and decode them batch by batch: auto (past 1 GiB of pixels), on, off. "
+        "[default: auto]",
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(help="DataLoader worker processes decoding streamed images. [default: 0]", show_default=False),
+]
+AmpOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Mixed precision for forward-only checks: off, bf16 or fp16 (CUDA). Attacks stay fp32. [default: off]",
+        show_default=False,
+    ),
+]
 
 
 def _floats(name: str, text: str | None) -> tuple[float, ...] | None:
@@ -273,12 +309,19 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
         min_support: MinSupportOpt = None,
         bins: BinsOpt = None,
         progress: ProgressOpt = True,
+        resume: ResumeOpt = None,
+        distributed: DistributedOpt = None,
+        stream: StreamOpt = None,
+        workers: WorkersOpt = None,
+        amp: AmpOpt = None,
     ) -> None:
         values = dict(locals())
         values.pop("config")
 
-        from auditkit.audit import raise_for_failures, run_audit, write_outputs
+        from auditkit import distributed as dist
+        from auditkit.audit import make_engine, raise_for_failures, run_audit, write_outputs
         from auditkit.config import resolve_config
+        from auditkit.resume import discard
 
         values["mean"], values["std"] = _floats("mean", mean), _floats("std", std)
         values["worst_of_k"] = values.pop("k")
@@ -288,21 +331,30 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
         values["checks"] = checks
         cfg = resolve_config(values, config)
         gate_inputs = _gate_inputs(policy, baseline)  # read before the long run: fail fast on a bad policy
-        results = run_audit(cfg)
+        world = dist.init(cfg.device, required=cfg.distributed)
+        try:
+            results = run_audit(cfg, engine=make_engine(cfg, world), save_batches=True)
+        except KeyboardInterrupt:
+            raise _fail(f"interrupted; finished batches are saved: rerun with --resume --out {cfg.out}", 130) from None
         verdict = None
         if gate_inputs is not None:
             from auditkit.gate import evaluate, with_gate
 
             verdict = evaluate(results, *gate_inputs)
             results = with_gate(results, verdict)
-        json_path, html_path = write_outputs(results, cfg.out)
-        _print_summary(results, json_path, html_path)
+        if world.main:
+            json_path, html_path = write_outputs(results, cfg.out)
+            discard(cfg.out)
+            _print_summary(results, json_path, html_path)
+        world.barrier()
+        dist.shutdown()
         raise_for_failures(results)
         if verdict is not None:
-            from auditkit.gate import write_ci_outputs
+            if world.main:
+                from auditkit.gate import write_ci_outputs
 
-            write_ci_outputs(verdict, results, junit=junit, summary=summary)
-            _finish_gate(verdict)
+                write_ci_outputs(verdict, results, junit=junit, summary=summary)
+            _finish_gate(verdict, quiet=not world.main)
 
     return command
 
@@ -318,10 +370,11 @@ def _gate_inputs(policy: Path | None, baseline: Path | None) -> tuple[Any, Any] 
     return load_policy(policy), RunResults.read(baseline) if baseline is not None else None
 
 
-def _finish_gate(verdict: Any) -> None:
-    for v in verdict.verdicts:
-        typer.echo(f"gate {v.status.upper():12s} {v.rule}: {v.message}")
-    typer.echo(f"gate: {'passed' if verdict.passed else 'FAILED'}")
+def _finish_gate(verdict: Any, *, quiet: bool = False) -> None:
+    if not quiet:
+        for v in verdict.verdicts:
+            typer.echo(f"gate {v.status.upper():12s} {v.rule}: {v.message}")
+        typer.echo(f"gate: {'passed' if verdict.passed else 'FAILED'}")
     if not verdict.passed:
         raise typer.Exit(1)
 

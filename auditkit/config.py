@@ -16,6 +16,8 @@ from auditkit.io import read_toml
 AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation", "attack", "saliency", "shortcut", "subgroups")
 LIST_AS_TEXT = ("angles", "spatial_angles", "epsilons", "methods")
 PATH_KEYS = ("model", "data", "out")
+# settings that change how a run is carried out, never what it finds: kept out of results.json
+RUN_CONTROLS = ("out", "progress", "resume", "distributed", "stream", "workers")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +43,12 @@ class AuditConfig:
     out: str = "reports/latest"
     checks: tuple[str, ...] = AVAILABLE_CHECKS
     progress: bool = True
+    # scale and resilience (run controls: they do not change a result)
+    resume: bool = False
+    distributed: bool = False
+    stream: str = "auto"
+    workers: int = 0
+    amp: str = "off"
     # rotation
     angles: str = "-180:180:10"
     mean_range: float = 30.0
@@ -79,8 +87,11 @@ class AuditConfig:
     bins: int | None = None
 
     def as_pairs(self) -> tuple[tuple[str, str], ...]:
-        """The config as sorted ``(key, repr)`` pairs for the run manifest."""
-        return tuple((f.name, repr(getattr(self, f.name))) for f in dataclasses.fields(self))
+        """The config as ``(key, repr)`` pairs for the run manifest, without the run controls
+        (``RUN_CONTROLS``) that cannot change a result."""
+        return tuple(
+            (f.name, repr(getattr(self, f.name))) for f in dataclasses.fields(self) if f.name not in RUN_CONTROLS
+        )
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
@@ -232,6 +243,15 @@ def validate(config: AuditConfig) -> None:
         raise ConfigError(f"cue_size must be >= 1 and cue_value in [0, 1], got {config.cue_size}, {config.cue_value}")
     if config.shift < 0 or config.shift_steps < 1:
         raise ConfigError(f"shift must be >= 0 and shift_steps >= 1, got {config.shift}, {config.shift_steps}")
+    from auditkit.data import STREAM_MODES
+    from auditkit.engine import AMP_MODES
+
+    if config.stream not in STREAM_MODES:
+        raise ConfigError(f"stream must be one of {', '.join(STREAM_MODES)}, got {config.stream!r}")
+    if config.amp not in AMP_MODES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}")
+    if config.workers < 0:
+        raise ConfigError(f"workers must be >= 0, got {config.workers}")
     unknown = [c for c in config.checks if c not in AVAILABLE_CHECKS]
     if unknown:
         raise ConfigError(f"checks must be among {list(AVAILABLE_CHECKS)} got {unknown}")

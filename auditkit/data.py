@@ -27,6 +27,8 @@ from auditkit.exceptions import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DIGITS_SIZE = 28
+STREAM_MODES: tuple[str, ...] = ("auto", "on", "off")
+STREAM_BYTES = 1 << 30  # --stream auto: image files past 1 GiB of decoded pixels stay on disk
 DIGITS_LOW_CONTRAST_SITE = "B"
 DIGITS_SITE_NOTE = (
     "'site' is a synthetic attribute made up for the demo: site B images were made low-contrast "
@@ -37,16 +39,72 @@ T = TypeVar("T")
 Tracker = Callable[[Iterable[T], int, str], Iterator[T]]
 
 
-@dataclass(frozen=True)
-class ImageDataset:
-    """A labelled image dataset held in memory.
+class FileImages:
+    """Images decoded from their files when indexed, so a dataset never has to fit in memory.
 
-    ``images``: ``(N, C, H, W)`` uint8; ``labels``: ``(N,)`` int64 class indices into
-    ``class_names``; ``metadata`` maps a column name to ``N`` string values; ``ids`` name each
-    sample (relative path or index) for reports.
+    Indexing with an int, a slice, a list or an index tensor returns ``(B, C, H, W)`` uint8
+    (an int: ``(C, H, W)``); :meth:`subset` is a lazy selection. Every image is converted to
+    ``channels`` and resized to ``(H, W)`` exactly as the in-memory loaders do.
     """
 
-    images: Tensor
+    def __init__(self, paths: Sequence[Path], *, mode: str | None, shape: tuple[int, int, int]) -> None:
+        self.paths = tuple(paths)
+        self.mode = mode
+        self.image_shape = shape
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.paths), *self.image_shape))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _one(self, i: int) -> Tensor:
+        c, h, w = self.image_shape
+        try:
+            return _conform(decode_image(self.paths[i], mode=self.mode), (h, w), c)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"{self.paths[i]}: could not be read during the audit ({exc}); was it changed?") from exc
+
+    def _indices(self, key: int | slice | Sequence[int] | Tensor) -> list[int]:
+        if isinstance(key, slice):
+            return list(range(len(self.paths)))[key]
+        if isinstance(key, Tensor):
+            return [int(i) for i in key.flatten().tolist()]
+        if isinstance(key, int):
+            return [key]
+        return [int(i) for i in key]
+
+    def __getitem__(self, key: int | slice | Sequence[int] | Tensor) -> Tensor:
+        if isinstance(key, int):
+            return self._one(key)
+        idx = self._indices(key)
+        if not idx:
+            return torch.empty((0, *self.image_shape), dtype=torch.uint8)
+        return torch.stack([self._one(i) for i in idx])
+
+    def subset(self, key: Sequence[int] | Tensor) -> FileImages:
+        """The images at ``key``, still on disk."""
+        return FileImages([self.paths[i] for i in self._indices(key)], mode=self.mode, shape=self.image_shape)
+
+    def numpy(self) -> np.ndarray:
+        """Every image decoded: ``(N, C, H, W)`` uint8 (this loads the whole dataset)."""
+        return self[:].numpy()
+
+
+Images = Tensor | FileImages
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A labelled image dataset: pixels in memory, or decoded from files batch by batch.
+
+    ``images``: ``(N, C, H, W)`` uint8, a tensor or a :class:`FileImages` (``--stream``);
+    ``labels``: ``(N,)`` int64 class indices into ``class_names``; ``metadata`` maps a column
+    name to ``N`` string values; ``ids`` name each sample (relative path or index) for reports.
+    """
+
+    images: Images
     labels: Tensor
     class_names: tuple[str, ...]
     metadata: Mapping[str, tuple[str, ...]]
@@ -64,13 +122,18 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.images, FileImages)
+
     def take(self, indices: Tensor) -> ImageDataset:
         """The samples at ``indices`` ``(M,)`` as a dataset of their own (same classes and source)."""
         idx = indices.long().cpu()
         picked = idx.tolist()
+        images = self.images.subset(idx) if isinstance(self.images, FileImages) else self.images[idx]
         return dataclasses.replace(
             self,
-            images=self.images[idx],
+            images=images,
             labels=self.labels[idx],
             metadata={k: tuple(v[i] for i in picked) for k, v in self.metadata.items()},
             ids=tuple(self.ids[i] for i in picked),
@@ -90,6 +153,7 @@ class LoadOptions:
     seed: int
     max_bad_fraction: float
     track: Tracker[tuple[Path, str, str]]
+    stream: str = "auto"
 
     @property
     def mode(self) -> str | None:
@@ -199,28 +263,40 @@ def _map_labels(
     return np.array([lookup[s] for s in raw], dtype=np.int64), names
 
 
-def _stack(images: list[Tensor], size: tuple[int, int] | None, channels: int | None) -> Tensor:
-    shapes = {tuple(im.shape[-2:]) for im in images}
-    if size is None and len(shapes) > 1:
+def _conform(im: Tensor, size: tuple[int, int] | None, c: int) -> Tensor:
+    """One ``(C, H, W)`` uint8 image converted to ``c`` channels and resized to ``size``."""
+    if im.shape[0] != c:
+        im = im.expand(3, -1, -1) if im.shape[0] == 1 else TF.rgb_to_grayscale(im)
+    if size is not None and tuple(im.shape[-2:]) != tuple(size):
+        im = TF.resize(im, list(size), antialias=True)
+    return im
+
+
+def _target_shape(
+    chans: set[int], sizes: set[tuple[int, int]], size: tuple[int, int] | None, channels: int | None
+) -> tuple[int, tuple[int, int]]:
+    """The channels and ``(H, W)`` every image is brought to; several sizes need ``--input-size``."""
+    if size is None and len(sizes) > 1:
         raise DataError(
-            f"images have {len(shapes)} different sizes (e.g. {sorted(shapes)[:3]}); "
-            "pass --input-size H W to resize them"
+            f"images have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}); pass --input-size H W to resize them"
         )
-    chans = {im.shape[0] for im in images}
     c = channels or (3 if 3 in chans else 1)
-    out = []
-    for im in images:
-        if im.shape[0] != c:
-            im = im.expand(3, -1, -1) if im.shape[0] == 1 else TF.rgb_to_grayscale(im)
-        if size is not None and tuple(im.shape[-2:]) != tuple(size):
-            im = TF.resize(im, list(size), antialias=True)
-        out.append(im)
-    return torch.stack(out).contiguous()
+    return c, (tuple(size) if size is not None else next(iter(sizes)))  # type: ignore[return-value]
 
 
-def _dataset_hash(images: Tensor, labels: Tensor, metadata: Mapping[str, Sequence[str]]) -> str:
-    digest = hashlib.sha256()
-    digest.update(images.numpy().tobytes())
+def _stack(images: list[Tensor], size: tuple[int, int] | None, channels: int | None) -> Tensor:
+    sizes = {(int(im.shape[-2]), int(im.shape[-1])) for im in images}
+    c, hw = _target_shape({int(im.shape[0]) for im in images}, sizes, size, channels)
+    return torch.stack([_conform(im, hw, c) for im in images]).contiguous()
+
+
+def _dataset_hash(images: Tensor | hashlib._Hash, labels: Tensor, metadata: Mapping[str, Sequence[str]]) -> str:
+    """SHA-256 of the pixels (or a digest already fed with them), labels and metadata."""
+    if isinstance(images, Tensor):
+        digest = hashlib.sha256()
+        digest.update(images.numpy().tobytes())
+    else:
+        digest = images
     digest.update(labels.numpy().tobytes())
     for key in sorted(metadata):
         digest.update(key.encode())
@@ -230,7 +306,7 @@ def _dataset_hash(images: Tensor, labels: Tensor, metadata: Mapping[str, Sequenc
 
 def _finish(
     *,
-    images: Tensor,
+    images: Images,
     labels: np.ndarray,
     class_names: tuple[str, ...],
     metadata: Mapping[str, Sequence[str]],
@@ -239,9 +315,12 @@ def _finish(
     fmt: str,
     skipped: Sequence[tuple[str, str]] = (),
     notes: Sequence[str] = (),
+    digest: hashlib._Hash | None = None,
 ) -> ImageDataset:
     lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     meta = {k: tuple(str(v) for v in vals) for k, vals in metadata.items()}
+    if digest is None and not isinstance(images, Tensor):
+        raise TypeError("a streamed dataset needs the digest of its decoded images")
     return ImageDataset(
         images=images,
         labels=lab,
@@ -250,43 +329,70 @@ def _finish(
         ids=tuple(ids),
         source=source,
         format=fmt,
-        sha256=_dataset_hash(images, lab, meta),
+        sha256=_dataset_hash(digest if digest is not None else images, lab, meta),  # type: ignore[arg-type]
         skipped=tuple(skipped),
         notes=tuple(notes),
     )
 
 
-def _decode_files(
-    rows: list[tuple[Path, str, str]],
-    *,
-    mode: str | None,
-    max_bad_fraction: float,
-    track: Tracker[tuple[Path, str, str]],
-) -> tuple[list[Tensor], list[int], list[tuple[str, str]]]:
-    """Decode ``(path, shown_name, where)`` rows; returns images, kept row numbers, skipped."""
-    images: list[Tensor] = []
+@dataclass
+class _Decoded:
+    """What one pass over the image files found: the images (unless streamed), and the hash."""
+
+    images: Images
+    kept: list[int]
+    skipped: list[tuple[str, str]]
+    digest: hashlib._Hash
+
+
+def _decode_files(rows: list[tuple[Path, str, str]], o: LoadOptions) -> _Decoded:
+    """Decode ``(path, shown_name, where)`` rows once: skip bad files, hash the pixels, and keep
+    the images in memory unless streaming (``--stream on``, or ``auto`` past ``STREAM_BYTES``)."""
+    images: list[Tensor] | None = [] if o.stream != "on" else None
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
-    for i, (path, shown, _where) in enumerate(track(rows, len(rows), "decoding images")):
+    chans: set[int] = set()
+    sizes: set[tuple[int, int]] = set()
+    digest = hashlib.sha256()
+    held = 0
+    for i, (path, shown, _where) in enumerate(o.track(rows, len(rows), "decoding images")):
         try:
-            images.append(decode_image(path, mode=mode))
-            kept.append(i)
+            im = decode_image(path, mode=o.mode)
         except FileNotFoundError:
             skipped.append((shown, "file not found"))
+            continue
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             reason = (
                 "decompression bomb" if "decompression bomb" in str(exc).lower() else " ".join(str(exc).split())[:160]
             )
             skipped.append((shown, reason or type(exc).__name__))
-    if rows and len(skipped) / len(rows) > max_bad_fraction:
+            continue
+        kept.append(i)
+        chans.add(int(im.shape[0]))
+        sizes.add((int(im.shape[1]), int(im.shape[2])))
+        digest.update(f"{tuple(im.shape)}".encode())
+        digest.update(im.numpy().tobytes())
+        if images is not None:
+            images.append(im)
+            held += im.numel()
+            if o.stream == "auto" and held > STREAM_BYTES:
+                images = None  # too big to hold: decode batch by batch during the audit instead
+    if rows and len(skipped) / len(rows) > o.max_bad_fraction:
         examples = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
         raise DataError(
             f"{len(skipped)} of {len(rows)} image files could not be read (more than "
-            f"{max_bad_fraction:.0%}); first: {examples}"
+            f"{o.max_bad_fraction:.0%}); first: {examples}"
         )
-    if not images:
+    if not kept:
         raise DataError("no readable images in the dataset")
-    return images, kept, skipped
+    c, hw = _target_shape(chans, sizes, o.image_size, o.channels)
+    digest.update(f"channels={c};size={hw}".encode())
+    out: Images = (
+        torch.stack([_conform(im, hw, c) for im in images]).contiguous()
+        if images is not None
+        else FileImages([rows[i][0] for i in kept], mode=o.mode, shape=(c, *hw))
+    )
+    return _Decoded(out, kept, skipped, digest)
 
 
 def load_dataset(
@@ -301,14 +407,19 @@ def load_dataset(
     seed: int = 0,
     max_bad_fraction: float = 0.05,
     track: Tracker[tuple[Path, str, str]] = _no_track,
+    stream: str = "auto",
 ) -> ImageDataset:
     """Load ``source``: a folder (ImageFolder), a ``.csv`` manifest, an ``.npz`` or ``digits``.
 
     ``class_names``/``num_classes`` come from the model so labels are checked against it;
-    ``image_size`` ``(H, W)`` and ``channels`` resize/convert images on load.
+    ``image_size`` ``(H, W)`` and ``channels`` resize/convert images on load. ``stream``
+    (``auto|on|off``) decides whether image files stay on disk and are decoded batch by batch
+    (``auto``: when the decoded pixels pass ``STREAM_BYTES``); arrays are always in memory.
     """
     if channels not in (None, 1, 3):
         raise ConfigError(f"--channels must be 1 or 3, got {channels}")
+    if stream not in STREAM_MODES:
+        raise ConfigError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {stream!r}")
     src = str(source)
     if src in ("digits", "digits:test", "digits:train"):
         split = digits_split(seed=0)["train" if src.endswith("train") else "test"]
@@ -342,6 +453,7 @@ def load_dataset(
         seed=seed,
         max_bad_fraction=max_bad_fraction,
         track=track,
+        stream=stream,
     )
     if path.is_dir():
         return _load_image_folder(path, options)
@@ -372,18 +484,20 @@ def _load_image_folder(root: Path, o: LoadOptions) -> ImageDataset:
         if not full.is_relative_to(root):
             raise DataError(f"{shown}: a symlink that points outside {root}; rejected")
         rows.append((full, shown, shown))
-    images, kept, skipped = _decode_files(rows, mode=o.mode, max_bad_fraction=o.max_bad_fraction, track=o.track)
+    found = _decode_files(rows, o)
+    kept = found.kept
     raw = [folders[entries[i][1]] for i in kept]
     labels, names = _map_labels(raw, o.class_names or folders, o.num_classes, [rows[i][1] for i in kept])
     return _finish(
-        images=_stack(images, o.image_size, o.channels),
+        images=found.images,
         labels=labels,
         class_names=names,
         metadata={},
         ids=[rows[i][1] for i in kept],
         source=str(root),
         fmt="imagefolder",
-        skipped=skipped,
+        skipped=found.skipped,
+        digest=found.digest,
     )
 
 
@@ -407,22 +521,24 @@ def _load_manifest(path: Path, o: LoadOptions) -> ImageDataset:
         where = f"{path.name} row {n + 2}"
         raw = (rec.get("path") or "").strip()
         rows.append((_resolve_in(base, raw, where), raw, where))
-    images, kept, skipped = _decode_files(rows, mode=o.mode, max_bad_fraction=o.max_bad_fraction, track=o.track)
+    found = _decode_files(rows, o)
+    kept = found.kept
     raw_labels = [(records[i].get("label") or "").strip() for i in kept]
     labels, names = _map_labels(raw_labels, o.class_names, o.num_classes, [rows[i][2] for i in kept])
     meta_cols = [c for c in fields if c not in ("path", "label")]
     notes = _read_card(path)
     metadata = {c: [(records[i].get(c) or "").strip() for i in kept] for c in meta_cols}
     return _finish(
-        images=_stack(images, o.image_size, o.channels),
+        images=found.images,
         labels=labels,
         class_names=names,
         metadata=metadata,
         ids=[rows[i][1] for i in kept],
         source=str(path),
         fmt="manifest",
-        skipped=skipped,
+        skipped=found.skipped,
         notes=notes,
+        digest=found.digest,
     )
 
 

@@ -144,7 +144,7 @@ def train_digits_model(
     )
     engine.seed_everything()
     data = load_dataset(train_manifest, channels=1, image_size=(28, 28), track=engine.track)
-    pixels = data.images.float() / 255
+    pixels = data.images[:].float() / 255
     spec = ModelSpec(
         arch=DEMO_ARCH,
         num_classes=data.num_classes,

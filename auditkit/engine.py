@@ -7,21 +7,25 @@ The clean forward pass is computed once per (model, dataset) and shared via :met
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Literal, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from auditkit.data import ImageDataset
+from auditkit.data import FileImages, ImageDataset
+from auditkit.distributed import World
 from auditkit.exceptions import AuditkitError, ConfigError, ModelError, NonFiniteOutputError, RunError
 from auditkit.progress import track as _track
+from auditkit.resume import BatchStore, call_name
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
 T = TypeVar("T")
 
 
@@ -58,12 +62,28 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 @dataclass(frozen=True)
 class Batch:
-    """A slice of a dataset on the engine's device: ``x`` ``(B, C, H, W)`` float in ``[0, 1]``."""
+    """A slice of a dataset on the engine's device: ``x`` ``(B, C, H, W)`` float in ``[0, 1]``.
+
+    ``seed`` depends only on the engine's seed, the loop and ``start``: randomness drawn from
+    :meth:`generator` (or the global RNG, which is seeded with it) is the same whichever process
+    runs the batch and whether or not earlier batches were run or restored.
+    """
 
     start: int
     stop: int
     x: Tensor
     y: Tensor
+    seed: int = field(default=0, compare=False)
+
+    def generator(self) -> torch.Generator:
+        """A CPU generator seeded for this batch."""
+        return torch.Generator().manual_seed(self.seed)
+
+
+def batch_seed(seed: int, description: str, start: int) -> int:
+    """A 63-bit seed for the batch at ``start`` of the loop named ``description``."""
+    digest = hashlib.blake2b(f"{seed}\x1f{description}\x1f{start}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass(frozen=True)
@@ -103,7 +123,9 @@ class Engine:
 
     Settings are stored by the constructor; nothing is loaded or allocated until used.
     On CUDA out-of-memory the batch size is halved and the batch retried, so results do not
-    depend on the batch size.
+    depend on the batch size. Under torch.distributed (``world``) each rank runs its share of the
+    batch grid and receives every batch's output; with a ``store`` finished batches are saved and,
+    on resume, restored instead of recomputed.
     """
 
     def __init__(
@@ -115,15 +137,32 @@ class Engine:
         deterministic: bool = False,
         progress: bool = True,
         forward_factor: int = 1,
+        world: World | None = None,
+        workers: int = 0,
+        amp: str = "off",
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-        self.device = resolve_device(device)
+        if amp not in AMP_MODES:
+            raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+        if workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {workers}")
+        self.world = world or World()
+        device_obj = resolve_device(device)
+        if self.world.active and device_obj.type == "cuda" and device_obj.index is None:
+            device_obj = torch.device("cuda", self.world.local_rank)
+        self.device = device_obj
+        if amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU or --amp off")
         self.batch_size = batch_size
         self.seed = seed
         self.deterministic = deterministic
-        self.progress = progress
+        self.progress = progress and self.world.main
         self.forward_factor = forward_factor
+        self.workers = workers
+        self.amp = amp
+        self.store: BatchStore | None = None
+        self._calls = 0
         self._clean: list[tuple[nn.Module, ImageDataset, Predictions]] = []
         self._outcomes: list[tuple[ImageDataset, Outcome]] = []
 
@@ -145,17 +184,51 @@ class Engine:
             torch.backends.cudnn.benchmark = False
 
     def track(self, iterable: Iterable[T], total: int, description: str) -> Iterator[T]:
-        """A progress bar over ``iterable`` (shown only on a terminal and when enabled)."""
+        """A progress bar over ``iterable`` (shown only on a terminal, when enabled, on rank 0)."""
         return _track(iterable, total, description, enabled=self.progress)
 
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda"
+
     def to_device(self, model: nn.Module) -> nn.Module:
+        if self.channels_last:
+            return model.to(self.device).to(memory_format=torch.channels_last)
         return model.to(self.device)
+
+    def autocast(self, grad: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for forward-only work when ``--amp`` is on; gradient work stays fp32."""
+        if self.amp == "off" or grad:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _to_batch(self, images: Tensor, labels: Tensor, start: int, stop: int, seed: int = 0) -> Batch:
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return Batch(start, stop, x, labels.to(self.device, non_blocking=True), seed)
 
     def batch(self, data: ImageDataset, start: int, stop: int) -> Batch:
         """Images ``start:stop`` as float ``[0, 1]`` on the device."""
-        x = data.images[start:stop].to(self.device, non_blocking=True).float().div_(255.0)
-        y = data.labels[start:stop].to(self.device, non_blocking=True)
-        return Batch(start, stop, x, y)
+        return self._to_batch(data.images[start:stop], data.labels[start:stop], start, stop)
+
+    def _fetch(self, data: ImageDataset, cells: list[tuple[int, int]]) -> Iterator[Tensor]:
+        """uint8 images of each cell, in order: decoded by DataLoader workers for file datasets."""
+        if isinstance(data.images, FileImages) and self.workers > 0 and len(cells) > 1:
+            from torch.utils.data import DataLoader
+
+            loader: DataLoader[Tensor] = DataLoader(
+                _Cells(data.images, cells),
+                batch_size=None,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+            )
+            yield from loader
+            return
+        for start, stop in cells:
+            images = data.images[start:stop]
+            yield images.pin_memory() if self.device.type == "cuda" and isinstance(data.images, FileImages) else images
 
     def map(
         self,
@@ -165,22 +238,36 @@ class Engine:
         description: str,
         grad: bool = False,
     ) -> Iterator[T]:
-        """Apply ``fn`` to consecutive batches of ``data``; yields one output per batch.
+        """Apply ``fn`` to consecutive batches of ``data``; yields outputs in batch order.
 
-        ``grad=False`` runs under ``torch.inference_mode``; ``grad=True`` enables autograd.
-        A CUDA out-of-memory error halves the batch size and retries the same samples.
+        ``grad=False`` runs under ``torch.inference_mode`` (and ``--amp``); ``grad=True`` enables
+        autograd. A CUDA out-of-memory error halves the batch size and retries the same samples.
+        Each batch runs with the global RNG seeded by :func:`batch_seed`. Under torch.distributed
+        this rank runs every ``world.size``-th batch and yields every batch's outputs (gathered).
         """
         n = len(data)
-        steps = -(-n // self.batch_size)
+        size = self.batch_size
+        cells = [(s, min(s + size, n)) for s in range(0, n, size)]
+        call = call_name(self._calls, description)
+        self._calls += 1
+        mine = [cells[i] for i in self.world.shard(len(cells))]
+        store = self.store
+        saved = {c: store.load(call, c[0]) for c in mine} if store is not None else {}
+        todo = [c for c in mine if saved.get(c) is None]
         mode = torch.enable_grad if grad else torch.inference_mode
+        forked = [self.device] if self.device.type == "cuda" else []
 
-        def batches() -> Iterator[T]:
-            start = 0
-            while start < n:
-                stop = min(start + self.batch_size, n)
+        def run_cell(cell: tuple[int, int], images: Tensor) -> list[T]:
+            outs: list[T] = []
+            s, stop = cell
+            while s < stop:
+                e = min(s + self.batch_size, stop)
+                seed = batch_seed(self.seed, description, s)
                 try:
-                    with mode():
-                        out = fn(self.batch(data, start, stop))
+                    with mode(), self.autocast(grad), torch.random.fork_rng(devices=forked):
+                        torch.manual_seed(seed)
+                        b = self._to_batch(images[s - cell[0] : e - cell[0]], data.labels[s:e], s, e, seed)
+                        outs.append(fn(b))
                 except torch.OutOfMemoryError as exc:
                     if self.batch_size == 1:
                         raise RunError(
@@ -190,10 +277,23 @@ class Engine:
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
                     continue
-                yield out
-                start = stop
+                s = e
+            if store is not None:
+                store.save(call, cell[0], list(outs))
+            return outs
 
-        return self.track(batches(), steps, description)
+        def local() -> Iterator[list[T]]:
+            fetched = self._fetch(data, todo)
+            for cell in mine:
+                restored = saved.get(cell)
+                yield restored if restored is not None else run_cell(cell, next(fetched))
+
+        progress = self.track(local(), len(mine), description)
+        if not self.world.active:
+            return (out for outs in progress for out in outs)
+        index = {c: i for i, c in enumerate(cells)}
+        gathered = self.world.gather([(index[c], outs) for c, outs in zip(mine, progress, strict=True)])
+        return (out for _, outs in gathered for out in outs)
 
     def sweep(
         self,
@@ -267,3 +367,18 @@ class Engine:
         preds = Predictions(logits=logits, pred=logits.argmax(dim=1), label=data.labels.clone())
         self._clean.append((model, data, preds))
         return preds
+
+
+class _Cells(torch.utils.data.Dataset[Tensor]):
+    """A map-style dataset of whole batches (``cells``) of a :class:`FileImages`, for DataLoader."""
+
+    def __init__(self, images: FileImages, cells: list[tuple[int, int]]) -> None:
+        self.images = images
+        self.cells = cells
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __getitem__(self, i: int) -> Tensor:
+        start, stop = self.cells[i]
+        return self.images[start:stop]

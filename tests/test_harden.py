@@ -46,7 +46,7 @@ def pgd_run(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
         "--eps",
         "0.1",
         "--epochs",
-        "5",
+        "6",
         "--attack-steps",
         "5",
         "--out",
@@ -67,13 +67,13 @@ def test_pgd_training_raises_robust_accuracy_without_costing_clean(pgd_run: tupl
     h = results.check(HardenResult)
     assert h is not None
     assert before.metrics[EPS_KEY] < 0.35  # the demo model is not robust at eps 0.1 ...
-    assert results.metrics[EPS_KEY] >= 0.6  # ... after PGD training it is, on 5 epochs already
+    assert results.metrics[EPS_KEY] >= 0.6  # ... after PGD training it is, on 6 epochs already
     assert results.metrics["clean.accuracy"] >= before.metrics["clean.accuracy"] - 0.03
     assert h.delta(EPS_KEY) == pytest.approx(results.metrics[EPS_KEY] - before.metrics[EPS_KEY])
     assert results.metrics[f"harden.change[{EPS_KEY}]"] == pytest.approx(h.delta(EPS_KEY))
     assert h.eval_attack == "PGD-20 Linf"  # evaluated with a stronger attack than PGD-5
-    assert [log.epoch for log in h.logs] == [1, 2, 3, 4, 5]
-    assert "epoch 5/5" in output and "val PGD-10" in output
+    assert [log.epoch for log in h.logs] == [1, 2, 3, 4, 5, 6]
+    assert "epoch 6/6" in output and "val PGD-10" in output
 
 
 def test_harden_writes_a_loadable_model_and_a_before_after_report(pgd_run: tuple[Path, str], tmp_path: Path) -> None:

@@ -207,13 +207,10 @@ class AdversarialAttack(Check):
                 break
             sub = data.take(todo)
             sub_target = target[todo]
-            gen = torch.Generator().manual_seed(engine.seed * 1009 + i)
 
-            def attack(
-                b: Batch, eps: float = eps, sub_target: Tensor = sub_target, gen: torch.Generator = gen
-            ) -> tuple[int, int, Tensor]:
+            def attack(b: Batch, eps: float = eps, sub_target: Tensor = sub_target) -> tuple[int, int, Tensor]:
                 tgt = sub_target[b.start : b.stop].to(b.x.device)
-                _, success = self.pgd(model, b.x, b.y, eps, target=tgt, generator=gen)
+                _, success = self.pgd(model, b.x, b.y, eps, target=tgt, generator=b.generator())
                 return b.start, b.stop, success.cpu()
 
             for start, stop, success in engine.map(

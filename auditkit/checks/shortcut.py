@@ -336,7 +336,7 @@ class ShortcutProbes(Check):
         gen = torch.Generator().manual_seed(engine.seed)
 
         def occlude(b: Batch, which: Tensor) -> Tensor:
-            return _occlude(b.x, which[b.start : b.stop], self.occlusion, gen)
+            return _occlude(b.x, which[b.start : b.stop], self.occlusion, b.generator())
 
         p_cue = self._predict(model, subset, engine, lambda b: occlude(b, cue_boxes), "shortcut: cue removed")
         p_ctl = self._predict(model, subset, engine, lambda b: occlude(b, control), "shortcut: control removed")
