@@ -332,10 +332,13 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
         cfg = resolve_config(values, config)
         gate_inputs = _gate_inputs(policy, baseline)  # read before the long run: fail fast on a bad policy
         world = dist.init(cfg.device, required=cfg.distributed)
+        engine = make_engine(cfg, world)
         try:
-            results = run_audit(cfg, engine=make_engine(cfg, world), save_batches=True)
+            results = run_audit(cfg, engine=engine, save_batches=True)
         except KeyboardInterrupt:
             raise _fail(f"interrupted; finished batches are saved: rerun with --resume --out {cfg.out}", 130) from None
+        if cfg.resume and world.main:
+            typer.echo(f"resumed: {engine.restored} batches restored, {engine.computed} computed (rank 0)")
         verdict = None
         if gate_inputs is not None:
             from auditkit.gate import evaluate, with_gate

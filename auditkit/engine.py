@@ -162,6 +162,8 @@ class Engine:
         self.workers = workers
         self.amp = amp
         self.store: BatchStore | None = None
+        self.restored = 0  # batches taken from the store instead of computed
+        self.computed = 0
         self._calls = 0
         self._clean: list[tuple[nn.Module, ImageDataset, Predictions]] = []
         self._outcomes: list[tuple[ImageDataset, Outcome]] = []
@@ -280,13 +282,18 @@ class Engine:
                 s = e
             if store is not None:
                 store.save(call, cell[0], list(outs))
+            self.computed += 1
             return outs
 
         def local() -> Iterator[list[T]]:
             fetched = self._fetch(data, todo)
             for cell in mine:
                 restored = saved.get(cell)
-                yield restored if restored is not None else run_cell(cell, next(fetched))
+                if restored is not None:
+                    self.restored += 1
+                    yield restored
+                else:
+                    yield run_cell(cell, next(fetched))
 
         progress = self.track(local(), len(mine), description)
         if not self.world.active:

@@ -68,3 +68,65 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _quiet_threads() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def scale_args(demo_run: Path, out: Path, *extra: str) -> list[str]:
+    """``auditkit audit`` on 200 demo test images in uneven batches (7 batches of 32, the last of 8),
+    every check on, small grids: the reference configuration of the scale tests."""
+    return [
+        "audit",
+        str(demo_run / "model" / "model.safetensors"),
+        str(demo_run / "data" / "test.csv"),
+        "--limit",
+        "200",
+        "--batch-size",
+        "32",
+        "--angles",
+        "-90:90:30",
+        "--epsilons",
+        "0,0.05,0.1",
+        "--steps",
+        "10",
+        "--methods",
+        "saliency,smoothgrad",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def single_thread_env() -> dict[str, str]:
+    """The environment for CLI subprocesses: one thread each, as torchrun gives every rank, so
+    floating-point sums run in the same order in every process."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def comparable(results_json: Path) -> dict[str, object]:
+    """results.json without what differs between runs by nature: wall-clock timings and start time."""
+    import json
+
+    doc = json.loads(results_json.read_text())
+    doc["manifest"].pop("timings")
+    doc["manifest"].pop("started_at")
+    return doc
+
+
+@pytest.fixture(scope="session")
+def scale_reference(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The single-process, uninterrupted run of :func:`scale_args` (one thread), run once."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("scale-reference")
+    done = subprocess.run(
+        [sys.executable, "-m", "auditkit", *scale_args(demo_run, out)],
+        env=single_thread_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out / "results.json"

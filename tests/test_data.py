@@ -161,3 +161,38 @@ def test_npz_class_names_array(tmp_path: Path) -> None:
     assert data.class_names == ("cat", "dog", "emu")
     assert data.labels.tolist() == [2, 0, 1]
     assert "class_names" not in data.metadata
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"image_size": (16, 20), "channels": 3}])
+def test_streamed_images_equal_the_in_memory_ones(manifest_dir: Path, kwargs: dict[str, object]) -> None:
+    from auditkit.data import FileImages
+
+    memory = load_dataset(manifest_dir / "manifest.csv", stream="off", **kwargs)  # type: ignore[arg-type]
+    streamed = load_dataset(manifest_dir / "manifest.csv", stream="on", **kwargs)  # type: ignore[arg-type]
+    assert isinstance(streamed.images, FileImages) and isinstance(memory.images, torch.Tensor)
+    assert streamed.sha256 == memory.sha256  # the same data, whichever way it is held
+    assert streamed.images.shape == memory.images.shape
+    assert torch.equal(streamed.images[:], memory.images)
+    assert torch.equal(streamed.images[3], memory.images[3])
+    idx = torch.tensor([5, 0, 7])
+    sub = streamed.take(idx)
+    assert isinstance(sub.images, FileImages)  # a selection stays on disk
+    assert torch.equal(sub.images[:], memory.images[idx])
+    assert sub.ids == tuple(memory.ids[i] for i in idx.tolist())
+
+
+def test_stream_auto_switches_past_the_memory_threshold(manifest_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import auditkit.data as data_module
+
+    assert not load_dataset(manifest_dir / "manifest.csv").streamed  # 12 small images stay in memory
+    monkeypatch.setattr(data_module, "STREAM_BYTES", 3 * 28 * 28)
+    assert load_dataset(manifest_dir / "manifest.csv").streamed
+    with pytest.raises(Exception, match="--stream must be one of auto, on, off"):
+        load_dataset(manifest_dir / "manifest.csv", stream="yes")
+
+
+def test_streamed_file_changed_during_the_audit_is_a_data_error(manifest_dir: Path) -> None:
+    data = load_dataset(manifest_dir / "manifest.csv", stream="on")
+    (manifest_dir / "imgs" / "2.png").write_bytes(b"gone")
+    with pytest.raises(DataError, match=r"2\.png: could not be read during the audit"):
+        data.images[0:4]

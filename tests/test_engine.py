@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from torch import Tensor
 
 from auditkit.checks.clean import CleanAccuracy
 from auditkit.data import load_dataset
-from auditkit.engine import Engine, eval_mode, resolve_device
+from auditkit.engine import Batch, Engine, batch_seed, eval_mode, resolve_device
 from auditkit.exceptions import ConfigError, ModelError, NonFiniteOutputError
 from auditkit.models import AuditModel
-from tests.conftest import DIGITS_SPEC
+from tests.conftest import DIGITS_SPEC, write_png
 
 
 @pytest.fixture
@@ -100,3 +103,59 @@ def test_device_choices() -> None:
 def test_bad_batch_size() -> None:
     with pytest.raises(ConfigError, match="batch-size"):
         Engine(batch_size=0)
+
+
+def _stream_manifest(tmp_path: Path, n: int = 40) -> Path:
+    data = load_dataset("digits", limit=n)
+    rows = ["path,label"]
+    for i in range(n):
+        write_png(tmp_path / f"{i}.png", data.images[i, 0].numpy())
+        rows.append(f"{i}.png,{int(data.labels[i])}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "m.csv"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_data_gives_the_in_memory_results(model: AuditModel, tmp_path: Path, workers: int) -> None:
+    manifest = _stream_manifest(tmp_path)
+    memory = load_dataset(manifest, stream="off", class_names=DIGITS_SPEC.class_names)
+    streamed = load_dataset(manifest, stream="on", class_names=DIGITS_SPEC.class_names)
+    ref = Engine(device="cpu", batch_size=16, progress=False).predict(model, memory)
+    got = Engine(device="cpu", batch_size=16, progress=False, workers=workers).predict(model, streamed)
+    assert torch.equal(got.logits, ref.logits)
+
+
+def test_batches_get_seeds_that_do_not_depend_on_what_ran_before(model: AuditModel) -> None:
+    data = load_dataset("digits", limit=40)
+
+    def draw(b: Batch) -> tuple[int, Tensor, Tensor]:
+        return b.start, torch.rand(2), torch.rand(2, generator=b.generator())
+
+    a = list(Engine(device="cpu", batch_size=8, seed=3, progress=False).map(draw, data, description="d"))
+    torch.manual_seed(123)  # the global RNG state before the loop does not matter
+    b = list(Engine(device="cpu", batch_size=8, seed=3, progress=False).map(draw, data, description="d"))
+    assert all(torch.equal(x[1], y[1]) and torch.equal(x[2], y[2]) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0][1], a[1][1])  # batches differ from each other
+    c = list(Engine(device="cpu", batch_size=8, seed=4, progress=False).map(draw, data, description="d"))
+    assert not torch.equal(a[0][2], c[0][2])  # and with the seed
+    assert batch_seed(3, "d", 8) == batch_seed(3, "d", 8) != batch_seed(3, "d", 16)
+
+
+def test_amp_bf16_on_cpu_keeps_the_clean_accuracy(demo_run: Path) -> None:
+    from auditkit.audit import run_audit
+    from auditkit.config import AuditConfig
+
+    base = {
+        "model": str(demo_run / "model" / "model.safetensors"),
+        "data": str(demo_run / "data" / "test.csv"),
+        "device": "cpu",
+        "checks": ("clean",),
+        "progress": False,
+    }
+    fp32 = run_audit(AuditConfig(**base)).metrics["clean.accuracy"]  # type: ignore[arg-type]
+    bf16 = run_audit(AuditConfig(**base, amp="bf16")).metrics["clean.accuracy"]  # type: ignore[arg-type]
+    assert abs(fp32 - bf16) <= 0.01
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        Engine(device="cpu", amp="fp16")
+    with pytest.raises(ConfigError, match="--amp must be one of off, bf16, fp16"):
+        Engine(device="cpu", amp="fp8")

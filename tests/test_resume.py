@@ -1,0 +1,106 @@
+"""Resumable audits: a killed run resumes to the identical results.json, recomputing nothing finished."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from auditkit.cli import app
+from auditkit.data import load_dataset
+from auditkit.engine import Engine
+from auditkit.exceptions import ConfigError
+from auditkit.resume import RESUME_DIR, BatchStore, call_name, run_key
+from tests.conftest import comparable, scale_args, single_thread_env
+
+
+def _saved(out: Path) -> list[Path]:
+    return sorted((out / RESUME_DIR).glob("*/*/*.pt"))
+
+
+def test_killed_run_resumes_to_the_identical_results(demo_run: Path, scale_reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "auditkit", *scale_args(demo_run, out)]
+    proc = subprocess.Popen(cmd, env=single_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    # kill -9 while the PGD curve is under way: some of its batches are saved, the rest are not
+    while not any("PGD" in p.parent.name for p in _saved(out)) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run finished before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "results.json").exists()
+    finished = len(_saved(out))
+    assert finished >= 8  # at least the clean pass (7 batches) and one attack batch
+
+    done = subprocess.run([*cmd, "--resume"], env=single_thread_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    restored = re.search(r"resumed: (\d+) batches restored, (\d+) computed", done.stdout)
+    assert restored is not None, done.stdout
+    assert int(restored.group(1)) == finished  # nothing finished was recomputed
+    assert int(restored.group(2)) > 0
+    assert comparable(out / "results.json") == comparable(scale_reference)
+    assert not (out / RESUME_DIR).exists()  # cleaned up once the outputs are written
+
+
+def test_resume_refuses_changed_settings_and_missing_runs(demo_run: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(app, scale_args(demo_run, out, "--resume"))
+    assert result.exit_code == 2
+    assert "nothing to --resume" in result.output
+    # leave a partial run behind, as an interrupted one would
+    store_root = out / RESUME_DIR / "0123"
+    store_root.mkdir(parents=True)
+    (store_root / "run.json").write_text(json.dumps({"model": "m", "data": "d", "config": "c"}))
+    result = runner.invoke(app, scale_args(demo_run, out, "--resume"))
+    assert result.exit_code == 2
+    assert "different model, data, config" in result.output
+    assert "\n" not in result.output.strip()
+
+
+def test_engine_restores_saved_batches_instead_of_computing(tmp_path: Path) -> None:
+    data = load_dataset("digits", limit=50)
+    calls: list[int] = []
+
+    def fn(b: object) -> torch.Tensor:
+        calls.append(b.start)  # type: ignore[attr-defined]
+        return b.x.sum(dim=(1, 2, 3)).cpu()  # type: ignore[attr-defined]
+
+    def run(resume: bool, interrupt_after: int | None = None) -> tuple[torch.Tensor, Engine]:
+        engine = Engine(device="cpu", batch_size=8, progress=False)
+        engine.store = BatchStore.open(tmp_path, "k1", resume=resume, describe={"k": "1"})
+        outs = []
+        for i, out in enumerate(engine.map(fn, data, description="sum")):
+            outs.append(out)
+            if interrupt_after is not None and i + 1 == interrupt_after:
+                raise KeyboardInterrupt
+        return torch.cat(outs), engine
+
+    with pytest.raises(KeyboardInterrupt):
+        run(resume=False, interrupt_after=3)
+    assert calls == [0, 8, 16]
+    calls.clear()
+    resumed, engine = run(resume=True)
+    assert calls == [24, 32, 40, 48]  # the first three batches came from disk
+    assert (engine.restored, engine.computed) == (3, 4)
+    fresh = Engine(device="cpu", batch_size=8, progress=False)
+    assert torch.equal(resumed, torch.cat(list(fresh.map(fn, data, description="sum"))))
+
+
+def test_a_new_run_replaces_an_old_partial_one(tmp_path: Path) -> None:
+    BatchStore.open(tmp_path, "old", resume=False, describe={}).save(call_name(0, "x"), 0, [torch.ones(1)])
+    BatchStore.open(tmp_path, "new", resume=False, describe={})
+    assert [p.name for p in (tmp_path / RESUME_DIR).iterdir()] == ["new"]
+    with pytest.raises(ConfigError):
+        BatchStore.open(tmp_path, "other", resume=True, describe={})
+    assert run_key([("a", "1")]) != run_key([("a", "2")])
