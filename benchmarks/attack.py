@@ -90,7 +90,7 @@ def main() -> None:
     for name, t in best.items():
         print(f"  {name:12s}{t:8.3f} s{t / best['bound']:8.2f}x bound")
 
-    x_all = data.images.float() / 255
+    x_all = data.images[:].float() / 255
     y_all = data.labels
     rows: list[tuple[str, float, list[float]]] = []
     check = AdversarialAttack(epsilons=EPSILONS, steps=args.steps, sanity_samples=0, examples=0)
