@@ -80,6 +80,34 @@ class Batch:
         return torch.Generator().manual_seed(self.seed)
 
 
+def _load_trim() -> Callable[[], None]:
+    """glibc's ``malloc_trim``: hands freed heap pages back to the OS (a no-op elsewhere).
+
+    Each batch allocates large temporaries from the heap; small results kept between them pin the
+    heap, so without trimming the peak memory grows with the number of batches (measured: +13% at
+    17,280 images vs 540). Trimming once per batch keeps it flat.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+
+    def release() -> None:
+        trim(0)
+
+    return release
+
+
+_release_freed_memory = _load_trim()
+
+
 def batch_seed(seed: int, description: str, start: int) -> int:
     """A 63-bit seed for the batch at ``start`` of the loop named ``description``."""
     digest = hashlib.blake2b(f"{seed}\x1f{description}\x1f{start}".encode(), digest_size=8).digest()
@@ -254,10 +282,9 @@ class Engine:
         self._calls += 1
         mine = [cells[i] for i in self.world.shard(len(cells))]
         store = self.store
-        saved = {c: store.load(call, c[0]) for c in mine} if store is not None else {}
+        saved = {c: store.load(call, *c) for c in mine} if store is not None else {}
         todo = [c for c in mine if saved.get(c) is None]
         mode = torch.enable_grad if grad else torch.inference_mode
-        forked = [self.device] if self.device.type == "cuda" else []
 
         def run_cell(cell: tuple[int, int], images: Tensor) -> list[T]:
             outs: list[T] = []
@@ -266,10 +293,11 @@ class Engine:
                 e = min(s + self.batch_size, stop)
                 seed = batch_seed(self.seed, description, s)
                 try:
-                    with mode(), self.autocast(grad), torch.random.fork_rng(devices=forked):
-                        torch.manual_seed(seed)
+                    torch.manual_seed(seed)
+                    with mode(), self.autocast(grad):
                         b = self._to_batch(images[s - cell[0] : e - cell[0]], data.labels[s:e], s, e, seed)
                         outs.append(fn(b))
+                    _release_freed_memory()
                 except torch.OutOfMemoryError as exc:
                     if self.batch_size == 1:
                         raise RunError(
@@ -281,19 +309,28 @@ class Engine:
                     continue
                 s = e
             if store is not None:
-                store.save(call, cell[0], list(outs))
+                store.save(call, *cell, list(outs))
             self.computed += 1
             return outs
 
         def local() -> Iterator[list[T]]:
+            # the global RNG is re-seeded per batch and restored once afterwards (not per batch:
+            # saving the state per batch fragments the heap and grows memory with the data)
+            cpu_state = torch.get_rng_state()
+            cuda_state = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
             fetched = self._fetch(data, todo)
-            for cell in mine:
-                restored = saved.get(cell)
-                if restored is not None:
-                    self.restored += 1
-                    yield restored
-                else:
-                    yield run_cell(cell, next(fetched))
+            try:
+                for cell in mine:
+                    restored = saved.get(cell)
+                    if restored is not None:
+                        self.restored += 1
+                        yield restored
+                    else:
+                        yield run_cell(cell, next(fetched))
+            finally:
+                torch.set_rng_state(cpu_state)
+                if cuda_state is not None:
+                    torch.cuda.set_rng_state(cuda_state, self.device)
 
         progress = self.track(local(), len(mine), description)
         if not self.world.active:

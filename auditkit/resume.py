@@ -69,12 +69,12 @@ class BatchStore:
             atomic_write_text(folder / "run.json", json.dumps(describe, indent=1, sort_keys=True))
         return cls(folder, key)
 
-    def _path(self, call: str, start: int) -> Path:
-        return self.folder / call / f"{start:010d}.pt"
+    def _path(self, call: str, start: int, stop: int) -> Path:
+        return self.folder / call / f"{start:010d}-{stop:010d}.pt"
 
-    def load(self, call: str, start: int) -> list[Any] | None:
-        """The outputs saved for the batch at ``start`` of loop ``call``, or ``None``."""
-        path = self._path(call, start)
+    def load(self, call: str, start: int, stop: int) -> list[Any] | None:
+        """The outputs saved for samples ``start:stop`` of loop ``call``, or ``None``."""
+        path = self._path(call, start, stop)
         if not path.is_file():
             return None
         try:
@@ -84,10 +84,10 @@ class BatchStore:
         self.reused += 1
         return list(out)
 
-    def save(self, call: str, start: int, outputs: list[Any]) -> None:
+    def save(self, call: str, start: int, stop: int, outputs: list[Any]) -> None:
         buf = io.BytesIO()
         torch.save(_to_cpu(outputs), buf)
-        atomic_write_bytes(self._path(call, start), buf.getvalue())
+        atomic_write_bytes(self._path(call, start, stop), buf.getvalue())
 
 
 def discard(out: str | Path) -> None:

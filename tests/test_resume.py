@@ -98,7 +98,10 @@ def test_engine_restores_saved_batches_instead_of_computing(tmp_path: Path) -> N
 
 
 def test_a_new_run_replaces_an_old_partial_one(tmp_path: Path) -> None:
-    BatchStore.open(tmp_path, "old", resume=False, describe={}).save(call_name(0, "x"), 0, [torch.ones(1)])
+    old = BatchStore.open(tmp_path, "old", resume=False, describe={})
+    old.save(call_name(0, "x"), 0, 1, [torch.ones(1)])
+    assert old.load(call_name(0, "x"), 0, 1) == [torch.ones(1)]
+    assert old.load(call_name(0, "x"), 0, 2) is None  # another batch grid (e.g. after OOM back-off): recomputed
     BatchStore.open(tmp_path, "new", resume=False, describe={})
     assert [p.name for p in (tmp_path / RESUME_DIR).iterdir()] == ["new"]
     with pytest.raises(ConfigError):
