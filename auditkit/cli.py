@@ -362,6 +362,17 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
     return command
 
 
+def _single_process(command: str) -> None:
+    """Training runs in one process: refuse a torch.distributed launch instead of racing on files."""
+    from auditkit.distributed import launched
+
+    if launched():
+        raise ConfigError(
+            f"auditkit {command} runs in one process; start it without torchrun "
+            "(only the audit commands shard over processes)"
+        )
+
+
 def _gate_inputs(policy: Path | None, baseline: Path | None) -> tuple[Any, Any] | None:
     from auditkit.gate import load_policy
     from auditkit.results import RunResults
@@ -447,6 +458,7 @@ def demo(
 
     if epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+    _single_process("demo")
     result = run_demo(out, seed=seed, epochs=epochs, device=device, progress=progress)
     last = result.training[-1]
     typer.echo(f"trained {result.model_path} ({len(result.training)} epochs, final train accuracy {last.accuracy:.1%})")
@@ -641,6 +653,7 @@ def harden(
         )
 
     typer.echo(f"hardening with {train.label}; auditing the original model first")
+    _single_process("harden")
     result = run_harden(cfg, on_epoch=show)
     h = result.after.checks[-1]
     from auditkit.report.html import headline

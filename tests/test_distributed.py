@@ -45,3 +45,16 @@ def test_torchrun_two_gloo_ranks_equal_a_single_process(demo_run: Path, scale_re
     assert multi["checks"] == single["checks"]  # curves, intervals, galleries, verdicts
     assert multi == single
     assert not (out / ".auditkit-resume").exists()
+
+
+def test_training_commands_refuse_a_distributed_launch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from auditkit.cli import app
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for args in (["demo", "--out", str(tmp_path)], ["harden", "m.safetensors", "digits:train", "--out", str(tmp_path)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "runs in one process; start it without torchrun" in result.output
+    assert not any(tmp_path.iterdir())

@@ -107,3 +107,20 @@ def test_a_new_run_replaces_an_old_partial_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         BatchStore.open(tmp_path, "other", resume=True, describe={})
     assert run_key([("a", "1")]) != run_key([("a", "2")])
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(
+    demo_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import auditkit.checks.rotation as rotation
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rotation.RotationSweep, "_run", interrupted)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, scale_args(demo_run, out))
+    assert result.exit_code == 130
+    assert f"rerun with --resume --out {out}" in result.output
+    assert _saved(out)  # the clean pass finished before the interruption and is kept
+    assert not (out / "results.json").exists()
