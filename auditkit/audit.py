@@ -90,6 +90,7 @@ def make_engine(config: AuditConfig, world: World | None = None) -> Engine:
         world=world,
         workers=config.workers,
         amp=config.amp,
+        amp_attack=config.amp_attack,
     )
 
 

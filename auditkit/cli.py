@@ -159,10 +159,20 @@ WorkersOpt = Annotated[
     int | None,
     typer.Option(help="DataLoader worker processes decoding streamed images. [default: 0]", show_default=False),
 ]
+AmpAttackOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--amp-attack/--no-amp-attack",
+        help="Also run gradient work (attacks, saliency) under --amp: faster on GPUs, but low-precision "
+        "gradients can weaken an attack; compare with an fp32 run before trusting it.",
+        show_default=False,
+    ),
+]
 AmpOpt = Annotated[
     str | None,
     typer.Option(
-        help="Mixed precision for forward-only checks: off, bf16 or fp16 (CUDA). Attacks stay fp32. [default: off]",
+        help="Mixed precision for forward-only checks: off, bf16 or fp16 (CUDA). Attacks stay fp32 unless "
+        "--amp-attack. [default: off]",
         show_default=False,
     ),
 ]
@@ -314,6 +324,7 @@ def _audit_command(checks: tuple[str, ...] | None) -> Callable[..., None]:
         stream: StreamOpt = None,
         workers: WorkersOpt = None,
         amp: AmpOpt = None,
+        amp_attack: AmpAttackOpt = None,
     ) -> None:
         values = dict(locals())
         values.pop("config")

@@ -43,12 +43,13 @@ class AuditConfig:
     out: str = "reports/latest"
     checks: tuple[str, ...] = AVAILABLE_CHECKS
     progress: bool = True
-    # scale and resilience (run controls: they do not change a result)
+    # scale and resilience (all but amp/amp_attack are RUN_CONTROLS: they never change a result)
     resume: bool = False
     distributed: bool = False
     stream: str = "auto"
     workers: int = 0
     amp: str = "off"
+    amp_attack: bool = False
     # rotation
     angles: str = "-180:180:10"
     mean_range: float = 30.0

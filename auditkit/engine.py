@@ -168,6 +168,7 @@ class Engine:
         world: World | None = None,
         workers: int = 0,
         amp: str = "off",
+        amp_attack: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -189,6 +190,7 @@ class Engine:
         self.forward_factor = forward_factor
         self.workers = workers
         self.amp = amp
+        self.amp_attack = amp_attack
         self.store: BatchStore | None = None
         self.restored = 0  # batches taken from the store instead of computed
         self.computed = 0
@@ -227,8 +229,9 @@ class Engine:
         return model.to(self.device)
 
     def autocast(self, grad: bool = False) -> contextlib.AbstractContextManager[Any]:
-        """Mixed precision for forward-only work when ``--amp`` is on; gradient work stays fp32."""
-        if self.amp == "off" or grad:
+        """Mixed precision for forward-only work when ``--amp`` is on; gradient work (attacks,
+        saliency) stays fp32 unless ``amp_attack`` (``--amp-attack``)."""
+        if self.amp == "off" or (grad and not self.amp_attack):
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)

@@ -159,3 +159,15 @@ def test_amp_bf16_on_cpu_keeps_the_clean_accuracy(demo_run: Path) -> None:
         Engine(device="cpu", amp="fp16")
     with pytest.raises(ConfigError, match="--amp must be one of off, bf16, fp16"):
         Engine(device="cpu", amp="fp8")
+
+
+@pytest.mark.parametrize(("amp_attack", "expected"), [(False, False), (True, True)])
+def test_gradient_loops_use_amp_only_when_asked(amp_attack: bool, expected: bool) -> None:
+    data = load_dataset("digits", limit=8)
+    engine = Engine(device="cpu", amp="bf16", amp_attack=amp_attack, progress=False)
+
+    def probe(b: Batch) -> bool:
+        return torch.is_autocast_enabled("cpu")
+
+    assert list(engine.map(probe, data, description="fwd")) == [True]  # forward-only: always under --amp
+    assert list(engine.map(probe, data, description="grad", grad=True)) == [expected]
