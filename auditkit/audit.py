@@ -9,25 +9,18 @@ import dataclasses
 import datetime as _dt
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torchvision
 
-from auditkit import __version__
-from auditkit.checks.attack import AdversarialAttack, parse_epsilons
+from auditkit import __version__, registry
 from auditkit.checks.base import Check, CheckFailure
-from auditkit.checks.clean import CleanAccuracy
-from auditkit.checks.rotation import RotationSweep, parse_angles
-from auditkit.checks.saliency import SaliencyMaps
-from auditkit.checks.shortcut import ShortcutProbes
-from auditkit.checks.subgroups import Subgroups
-from auditkit.config import AuditConfig, parse_methods
-from auditkit.data import ImageDataset, load_dataset
+from auditkit.config import AuditConfig
+from auditkit.data import INFERRED_SOURCE, ImageDataset, Preprocess, load_dataset
 from auditkit.distributed import World
 from auditkit.engine import Engine, eval_mode
-from auditkit.exceptions import AuditkitError, RunError
+from auditkit.exceptions import AuditkitError, ConfigError, ModelError, RunError
 from auditkit.models import LoadedModel, ModelSpec, load_model, probe_outputs
 from auditkit.report.html import write_report
 from auditkit.results import RunManifest, RunResults, SampleOutcomes, collect_metrics
@@ -35,48 +28,10 @@ from auditkit.resume import BatchStore, run_key
 
 
 def build_checks(config: AuditConfig) -> list[Check]:
-    """The configured checks, in order, with their settings from the config."""
-    factories: dict[str, Callable[[], Check]] = {
-        "clean": CleanAccuracy,
-        "rotation": lambda: RotationSweep(
-            angles=parse_angles(config.angles),
-            mean_range=config.mean_range,
-            fraction_of_clean=config.fraction_of_clean,
-            interpolation=config.interpolation,  # type: ignore[arg-type]  # validated in config
-            fill=config.fill,  # type: ignore[arg-type]
-            spatial=config.spatial,
-            spatial_angles=parse_angles(config.spatial_angles),
-            translate=config.translate,
-            translate_steps=config.translate_steps,
-            k=config.worst_of_k,
-        ),
-        "attack": lambda: AdversarialAttack(
-            attack=config.attack,
-            norm=config.norm,  # type: ignore[arg-type]  # validated in config
-            epsilons=parse_epsilons(config.epsilons, config.norm),
-            steps=config.steps,
-            rel_step=config.rel_step,
-            restarts=config.restarts,
-            random_start=config.random_start,
-            targeted=config.targeted,
-        ),
-        "saliency": lambda: SaliencyMaps(
-            methods=parse_methods(config.methods), target=config.saliency_target, layer=config.layer
-        ),
-        "shortcut": lambda: ShortcutProbes(
-            cue=config.cue,
-            position=config.cue_position,
-            size=config.cue_size,
-            value=config.cue_value,
-            occlusion=config.occlusion,
-            shift=config.shift,
-            shift_steps=config.shift_steps,
-        ),
-        "subgroups": lambda: Subgroups(groups=config.groups, min_support=config.min_support, bins=config.bins),
-    }
-    # subgroups last: it breaks down the per-sample outcomes the other checks publish
-    order = sorted(config.checks, key=lambda name: name == "subgroups")
-    return [factories[name]() for name in order]
+    """The configured checks, each from its validated settings, in order (``runs_last`` ones last)."""
+    classes = [registry.check(name) for name in config.checks]
+    classes.sort(key=lambda cls: cls.runs_last)
+    return [cls.from_settings(config.check_settings[cls.name]) for cls in classes]
 
 
 def make_engine(config: AuditConfig, world: World | None = None) -> Engine:
@@ -94,23 +49,46 @@ def make_engine(config: AuditConfig, world: World | None = None) -> Engine:
     )
 
 
-def load_inputs(config: AuditConfig, engine: Engine) -> tuple[LoadedModel, ImageDataset, list[str]]:
-    """Load the model and the data, check the model's output convention on the first batch."""
-    spec = ModelSpec(
+def model_spec(config: AuditConfig) -> ModelSpec:
+    """The model settings the user gave (flags or auditkit.toml); ``None`` fields are not given."""
+    return ModelSpec(
         arch=config.arch,
         num_classes=config.num_classes,
         input_size=config.input_size,
         channels=config.channels,
         mean=config.mean,
         std=config.std,
+        class_names=read_class_names(config.class_names),
+        output=config.output,
+        weights=config.weights,
+        resize=config.resize,
+        crop=config.crop,
+        resize_interpolation=config.resize_interpolation,
+        antialias=config.antialias,
     )
-    loaded = load_model(config.model, spec=spec, trust=config.trust_model)
+
+
+def preprocess_for(spec: ModelSpec) -> Preprocess:
+    """How images are brought to the model's input: ``--resize``/``--crop`` or a plain resize."""
+    return Preprocess(
+        size=spec.input_size,
+        resize=spec.resize,
+        crop=spec.crop,
+        interpolation=spec.resize_interpolation or "bilinear",
+        antialias=True if spec.antialias is None else spec.antialias,
+    )
+
+
+def load_inputs(config: AuditConfig, engine: Engine) -> tuple[LoadedModel, ImageDataset, list[str]]:
+    """Load the model and the data, check the model's output convention on the first batch."""
+    loaded = load_model(config.model, spec=model_spec(config), trust=config.trust_model)
     s = loaded.spec
     data = load_dataset(
         config.data,
         class_names=s.class_names,
+        class_source=loaded.class_source or "--class-names",
         num_classes=s.num_classes,
-        image_size=s.input_size,
+        preprocess=preprocess_for(s),
         channels=s.channels,
         limit=config.limit,
         sample=config.sample,
@@ -118,15 +96,71 @@ def load_inputs(config: AuditConfig, engine: Engine) -> tuple[LoadedModel, Image
         max_bad_fraction=config.max_bad_fraction,
         track=engine.track,
         stream=config.stream,
+        split=config.split,
     )
     engine.to_device(loaded.model)
     probe = engine.batch(data, 0, min(len(data), 8))
     with eval_mode(loaded.model):
         n_out, warnings = probe_outputs(loaded.model, probe.x, data.num_classes)
-    if n_out > data.num_classes:
-        extra = tuple(f"output {i}" for i in range(data.num_classes, n_out))
-        data = dataclasses.replace(data, class_names=data.class_names + extra)
+    data = conform_classes(data, n_out)
+    if data.class_source == INFERRED_SOURCE:
+        warnings.append(
+            f"class order inferred by sorting the data's {data.num_classes} label names; "
+            "pass --class-names to state the model's output order"
+        )
     return loaded, data, warnings
+
+
+def conform_classes(data: ImageDataset, k: int) -> ImageDataset:
+    """Hold the data's classes to the model's ``k`` outputs (the output contract).
+
+    Integer labels are indices, so the classes are the ``k`` outputs; any other class order must
+    list exactly ``k`` names. Fewer names from the data itself are ambiguous (exit 2).
+    """
+    n = data.num_classes
+    if data.class_source == "label indices":
+        top = int(data.labels.max()) if len(data) else -1
+        if top >= k:
+            raise ModelError(
+                f"the labels go up to {top} but the model returns {k} outputs; if it returns several heads, "
+                "choose the logits with --output"
+            )
+        return dataclasses.replace(data, class_names=tuple(str(i) for i in range(k)))
+    if n == k:
+        return data
+    if data.class_source == "--class-names":
+        raise ConfigError(f"--class-names lists {n} names but the model returns {k} outputs per image")
+    from_data = data.class_source == INFERRED_SOURCE or data.class_source.startswith(("folder", "torchvision"))
+    if n < k and from_data:
+        raise ConfigError(
+            f"the data has {n} classes ({data.class_source}) but the model returns {k} outputs, so their order "
+            "cannot be known; pass --class-names (a comma list or a file, one name per line, in output order)"
+        )
+    raise ModelError(
+        f"the model returns {k} outputs per image but there are {n} classes ({data.class_source}); "
+        "choose the logits with --output if it returns several heads, or fix --num-classes/--class-names"
+    )
+
+
+def read_class_names(value: str | None) -> tuple[str, ...] | None:
+    """``--class-names``: a comma list, or a file with one name per line."""
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read --class-names file {path}: {exc}") from exc
+        names = tuple(line.strip() for line in lines if line.strip())
+    else:
+        names = tuple(n.strip() for n in value.split(","))
+    if not names or any(not n for n in names):
+        raise ConfigError(f"--class-names needs non-empty names (a comma list or a file), got {value!r}")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"--class-names lists {dup!r} twice")
+    return names
 
 
 def resume_key(config: AuditConfig, loaded: LoadedModel, data: ImageDataset, engine: Engine) -> dict[str, str]:
@@ -210,14 +244,31 @@ def _run_checks(
         config=config.as_pairs(),
         started_at=started,
         timings=tuple((k, round(v, 4)) for k, v in timings),
-        warnings=tuple(warnings),
+        warnings=tuple(warnings) + _chance_warning(clean_accuracy(engine, loaded, data), data.num_classes),
         notes=data.notes,
+        class_source=data.class_source,
+        preprocessing=preprocess_for(loaded.spec).describe(),
     )
     clean = engine.predict(loaded.model, data)
     per_sample = {"clean.accuracy": clean.correct.numpy()}
     per_sample |= {o.metric: (o.values.numpy() >= 0.5) for o in engine.outcomes(data) if o.metric}
     samples = SampleOutcomes.pack(data.ids, per_sample)
     return RunResults(manifest=manifest, checks=checks, metrics=collect_metrics(checks), samples=samples)
+
+
+def clean_accuracy(engine: Engine, loaded: LoadedModel, data: ImageDataset) -> float:
+    """Top-1 accuracy of the (cached) clean pass."""
+    return float(engine.predict(loaded.model, data).correct.float().mean()) if len(data) else float("nan")
+
+
+def _chance_warning(accuracy: float, k: int) -> tuple[str, ...]:
+    """A near-chance clean accuracy usually means wrong preprocessing or class order, not a bad model."""
+    if k < 2 or not accuracy <= 1.5 / k:
+        return ()
+    return (
+        f"clean accuracy {accuracy:.1%} is near chance ({1 / k:.1%} for {k} classes): did you forget --mean/--std "
+        "or --weights, or is the class order wrong (--class-names)?",
+    )
 
 
 def raise_for_failures(results: RunResults) -> None:

@@ -1,101 +1,135 @@
-"""One resolved, validated configuration: CLI flags > auditkit.toml > defaults."""
+"""One resolved, validated configuration: CLI flags > auditkit.toml > defaults.
+
+The shared settings are declared in :mod:`auditkit.settings`, each check's in its module; this
+module only composes them. ``auditkit.toml`` holds the shared settings at the top level and each
+check's in its own section (``[rotation]``, ``[attack]``, …); a check's setting may also stand at
+the top level.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from auditkit.engine import DEVICES
+from pydantic import Field, ValidationError, model_validator
+
+from auditkit import registry
 from auditkit.exceptions import ConfigError
 from auditkit.io import read_toml
+from auditkit.settings import SHARED, EngineSettings, InputSettings, OutputSettings, Settings, describe_error
 
-AVAILABLE_CHECKS: tuple[str, ...] = ("clean", "rotation", "attack", "saliency", "shortcut", "subgroups")
-LIST_AS_TEXT = ("angles", "spatial_angles", "epsilons", "methods")
 PATH_KEYS = ("model", "data", "out")
-# settings that change how a run is carried out, never what it finds: kept out of results.json
-RUN_CONTROLS = ("out", "progress", "resume", "distributed", "stream", "workers")
+S = TypeVar("S", bound=Settings)
 
 
-@dataclass(frozen=True, kw_only=True)
-class AuditConfig:
-    """Everything a run needs. Field names are the config-file keys and the CLI flags."""
+def _default_checks() -> tuple[str, ...]:
+    return tuple(registry.checks())
 
-    model: str
-    data: str
-    arch: str | None = None
-    num_classes: int | None = None
-    input_size: tuple[int, int] | None = None
-    channels: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    trust_model: bool = False
-    device: str = "auto"
-    batch_size: int = 256
-    seed: int = 0
-    deterministic: bool = False
-    limit: int | None = None
-    sample: int | None = None
-    max_bad_fraction: float = 0.05
-    out: str = "reports/latest"
-    checks: tuple[str, ...] = AVAILABLE_CHECKS
-    progress: bool = True
-    # scale and resilience (all but amp/amp_attack are RUN_CONTROLS: they never change a result)
-    resume: bool = False
-    distributed: bool = False
-    stream: str = "auto"
-    workers: int = 0
-    amp: str = "off"
-    amp_attack: bool = False
-    # rotation
-    angles: str = "-180:180:10"
-    mean_range: float = 30.0
-    fraction_of_clean: float = 0.5
-    interpolation: str = "bilinear"
-    fill: str = "zeros"
-    spatial: bool = True
-    spatial_angles: str = "-30:30:6"
-    translate: float = 3.0
-    translate_steps: int = 5
-    worst_of_k: int = 10
-    # attack
-    attack: str = "pgd"
-    norm: str = "linf"
-    epsilons: str | None = None
-    steps: int = 20
-    rel_step: float | None = None
-    restarts: int = 1
-    random_start: bool = True
-    targeted: bool = False
-    # saliency
-    methods: str = "saliency,input_x_gradient,integrated_gradients,smoothgrad,gradcam"
-    saliency_target: str = "pred"
-    layer: str | None = None
-    # shortcut
-    cue: str = "patch"
-    cue_position: str = "top-left"
-    cue_size: int = 4
-    cue_value: float = 1.0
-    occlusion: str = "mean"
-    shift: float = 2.0
-    shift_steps: int = 5
-    # subgroups
-    groups: tuple[str, ...] = ()
-    min_support: int = 30
-    bins: int | None = None
+
+class AuditConfig(InputSettings, EngineSettings, OutputSettings):
+    """Everything a run needs: the shared settings (flat) and each check's settings by name.
+
+    Construct it from flat keys, as the CLI and the config file name them: a check's keys are
+    routed to that check's settings (``AuditConfig(model=..., data=..., angles="0,90")``).
+    """
+
+    model: str = Field(description="Model file or folder.")
+    data: str = Field(description="Dataset.")
+    checks: tuple[str, ...] = Field(default_factory=_default_checks, description="The checks to run, in order.")
+    check_settings: Mapping[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise describe_error(exc, known=all_keys()) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route(cls, values: Any) -> Any:
+        """Flat (and sectioned) check keys -> one validated settings object per registered check."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        given = dict(values.pop("check_settings", None) or {})
+        for name, check in registry.checks().items():
+            kind = check.settings_type
+            if isinstance(given.get(name), kind):
+                continue
+            raw: dict[str, Any] = dict(given.get(name) or {})
+            section = values.get(kind.section) if kind.section else None
+            if isinstance(section, Mapping):
+                raw.update(values.pop(kind.section))
+            elif section is not None and kind.section not in kind.model_fields:  # e.g. attack = "pgd" is a setting
+                raise ConfigError(f"[{kind.section}] must be a table of settings, got {section!r}")
+            raw.update({k: values.pop(k) for k in list(values) if k in kind.model_fields})
+            try:
+                given[name] = kind.model_validate(raw)
+            except ValidationError as exc:
+                raise describe_error(exc) from None
+        values["check_settings"] = given
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AuditConfig:
+        unknown = [c for c in self.checks if c not in registry.checks()]
+        if unknown:
+            raise ValueError(f"checks must be among {', '.join(registry.checks())}, got {unknown}")
+        if self.resize is not None and self.crop is None:
+            raise ValueError("resize needs crop too (--resize S --crop H W: resize the shorter side, then centre-crop)")
+        return self
+
+    def settings(self, kind: type[S]) -> S:
+        """This run's settings of type ``kind`` (e.g. ``config.settings(RotationSettings)``)."""
+        for value in self.check_settings.values():
+            if isinstance(value, kind):
+                return value
+        raise KeyError(kind.__name__)
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat key (what the CLI and the config file use)."""
+        out = {k: getattr(self, k) for k in type(self).model_fields if k != "check_settings"}
+        for value in self.check_settings.values():
+            out.update(value.model_dump())
+        return out
+
+    def replace(self, **changes: Any) -> AuditConfig:
+        """A validated copy with flat keys changed."""
+        return AuditConfig(**(self.flat() | changes))
 
     def as_pairs(self) -> tuple[tuple[str, str], ...]:
-        """The config as ``(key, repr)`` pairs for the run manifest, without the run controls
-        (``RUN_CONTROLS``) that cannot change a result."""
-        return tuple(
-            (f.name, repr(getattr(self, f.name))) for f in dataclasses.fields(self) if f.name not in RUN_CONTROLS
-        )
+        """The config as ``(key, repr)`` pairs for the run manifest, without the run controls that
+        cannot change a result."""
+        shared = tuple(p for kind in SHARED for p in kind.model_validate(self.flat_of(kind)).pairs())
+        checks = (("checks", repr(self.checks)),)
+        return shared + checks + tuple(p for s in self.check_settings.values() for p in s.pairs())
+
+    def flat_of(self, kind: type[Settings]) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in kind.model_fields}
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(AuditConfig)}
+def all_keys() -> tuple[str, ...]:
+    """Every flat setting name."""
+    kinds = (*SHARED, *(c.settings_type for c in registry.checks().values()))
+    return (*(k for kind in kinds for k in kind.model_fields), "checks")
+
+
+def comparable_keys() -> tuple[str, ...]:
+    """Settings that change what a metric means: a baseline must agree on every one of them."""
+    keys = [k for kind in SHARED for k in kind.comparable_keys()]
+    keys += [k for check in registry.checks().values() for k in check.settings_type.comparable_keys()]
+    return tuple(keys)
+
+
+def default_reprs() -> dict[str, str]:
+    """``repr`` of every setting's default, keyed like the manifest's config pairs."""
+    out = {}
+    for kind in (*SHARED, *(c.settings_type for c in registry.checks().values())):
+        for name, info in kind.model_fields.items():
+            if not info.is_required():
+                out[name] = repr(info.get_default(call_default_factory=True))
+    return out
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -105,154 +139,34 @@ def read_config_file(path: Path) -> dict[str, Any]:
     for key in PATH_KEYS:
         if isinstance(values.get(key), str) and values[key] != "digits" and not values[key].startswith("digits:"):
             candidate = Path(values[key])
-            if not candidate.is_absolute():
+            if not candidate.is_absolute() and ":" not in values[key]:
                 values[key] = str(path.parent / candidate)
+    for key, value in list(values.items()):
+        if isinstance(value, Mapping):
+            values[key] = {k.replace("-", "_"): v for k, v in value.items()}
     return values
-
-
-def _coerce(name: str, value: Any) -> Any:
-    hint = typing.get_type_hints(AuditConfig)[name]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{name} must be set")
-    inner = next((a for a in args if a is not type(None)), hint) if optional else hint
-    origin = typing.get_origin(inner)
-    try:
-        if inner is bool:
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if inner is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError
-            return value
-        if inner is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError
-            return float(value)
-        if inner is str:
-            if not isinstance(value, (str, Path)):
-                raise TypeError
-            return str(value)
-        if origin is tuple:
-            item_type = typing.get_args(inner)[0]
-            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-                raise TypeError
-            return tuple(item_type(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be {_describe(inner)}, got {value!r}") from None
-    return value
-
-
-def _describe(tp: Any) -> str:
-    if typing.get_origin(tp) is tuple:
-        return f"a list of {typing.get_args(tp)[0].__name__}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
 def resolve_config(cli: Mapping[str, Any], config_file: Path | None = None) -> AuditConfig:
     """Merge ``cli`` values (``None`` = not given) over the config file over the defaults."""
     values: dict[str, Any] = {}
     if config_file is not None:
-        file_values = read_config_file(config_file)
-        unknown = sorted(set(file_values) - set(FIELDS))
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in {config_file}; allowed: {', '.join(sorted(FIELDS))}")
-        values.update(file_values)
-    values.update({k: v for k, v in cli.items() if v is not None})
-    for key in LIST_AS_TEXT:
-        if isinstance(values.get(key), (list, tuple)):
-            values[key] = ",".join(str(v) for v in values[key])
+        values.update(read_config_file(config_file))
+    given = {k: v for k, v in cli.items() if v is not None}
+    sections = {c.settings_type.section: c.settings_type for c in registry.checks().values()}
+    for key in list(given):  # a flag beats the same key in its section of the file
+        for section, kind in sections.items():
+            if key in kind.model_fields and isinstance(values.get(section), Mapping):
+                values[section] = {k: v for k, v in values[section].items() if k != key}
+    values.update(given)
     for required in ("model", "data"):
         if not values.get(required):
             raise ConfigError(f'no {required} given: pass it as an argument or set {required} = "..." in auditkit.toml')
-    coerced = {k: _coerce(k, v) for k, v in values.items() if k in FIELDS}
-    config = AuditConfig(**coerced)
-    validate(config)
-    return config
+    where = f"{config_file}: " if config_file is not None else ""
+    try:
+        return AuditConfig(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
 
 
-def parse_methods(text: str) -> tuple[str, ...]:
-    """``"saliency, gradcam"`` -> ``("saliency", "gradcam")``."""
-    return tuple(m.strip() for m in text.split(",") if m.strip())
-
-
-def validate(config: AuditConfig) -> None:
-    """Check closed choices and ranges; messages name the parameter, the allowed values and the value."""
-    if config.device.split(":")[0] not in DEVICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {config.device!r}")
-    if config.batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {config.batch_size}")
-    if config.input_size is not None and (len(config.input_size) != 2 or min(config.input_size) < 1):
-        raise ConfigError(f"input_size must be two positive integers H W, got {config.input_size}")
-    if config.channels not in (None, 1, 3):
-        raise ConfigError(f"channels must be 1 or 3, got {config.channels}")
-    for key in ("mean", "std"):
-        val = getattr(config, key)
-        if val is not None and len(val) not in (1, 3):
-            raise ConfigError(f"{key} must have 1 or 3 values (one per channel), got {len(val)}")
-    if config.std is not None and min(config.std) <= 0:
-        raise ConfigError(f"std values must be positive, got {config.std}")
-    if not 0.0 <= config.max_bad_fraction <= 1.0:
-        raise ConfigError(f"max_bad_fraction must be in [0, 1], got {config.max_bad_fraction}")
-    for key in ("limit", "sample", "num_classes"):
-        val = getattr(config, key)
-        if val is not None and val < 1:
-            raise ConfigError(f"{key} must be positive, got {val}")
-    from auditkit.checks.rotation import parse_angles
-    from auditkit.perturb import FILLS, INTERPOLATIONS
-
-    parse_angles(config.angles)
-    parse_angles(config.spatial_angles)
-    if config.interpolation not in INTERPOLATIONS:
-        raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {config.interpolation!r}")
-    if config.fill not in FILLS:
-        raise ConfigError(f"fill must be one of {', '.join(FILLS)}, got {config.fill!r}")
-    if not 0 < config.fraction_of_clean <= 1:
-        raise ConfigError(f"fraction_of_clean must be in (0, 1], got {config.fraction_of_clean}")
-    if config.translate < 0 or config.translate_steps < 1 or config.worst_of_k < 1 or config.mean_range < 0:
-        raise ConfigError("translate and mean_range must be >= 0, translate_steps and worst_of_k >= 1")
-    from auditkit.attacks import NORMS
-    from auditkit.checks.attack import parse_epsilons
-
-    if config.norm not in NORMS:
-        raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {config.norm!r}")
-    parse_epsilons(config.epsilons, config.norm)
-    if config.attack not in ("pgd", "fgsm") and not config.attack.startswith("foolbox:"):
-        raise ConfigError(f"attack must be pgd, fgsm or foolbox:<AttackName>, got {config.attack!r}")
-    if config.steps < 1 or config.restarts < 1:
-        raise ConfigError(f"steps and restarts must be at least 1, got {config.steps} and {config.restarts}")
-    from auditkit.checks.saliency import METHODS
-
-    bad_methods = [m for m in parse_methods(config.methods) if m not in METHODS]
-    if bad_methods:
-        raise ConfigError(f"methods must be among {', '.join(METHODS)}, got {bad_methods}")
-    if config.min_support < 1:
-        raise ConfigError(f"min_support must be at least 1, got {config.min_support}")
-    if config.bins is not None and config.bins < 2:
-        raise ConfigError(f"bins must be at least 2, got {config.bins}")
-    from auditkit.checks.shortcut import OCCLUSIONS, POSITIONS
-
-    if config.occlusion not in OCCLUSIONS:
-        raise ConfigError(f"occlusion must be one of {', '.join(OCCLUSIONS)}, got {config.occlusion!r}")
-    if config.cue_position not in POSITIONS:
-        raise ConfigError(f"cue_position must be one of {', '.join(POSITIONS)}, got {config.cue_position!r}")
-    if config.cue_size < 1 or not 0 <= config.cue_value <= 1:
-        raise ConfigError(f"cue_size must be >= 1 and cue_value in [0, 1], got {config.cue_size}, {config.cue_value}")
-    if config.shift < 0 or config.shift_steps < 1:
-        raise ConfigError(f"shift must be >= 0 and shift_steps >= 1, got {config.shift}, {config.shift_steps}")
-    from auditkit.data import STREAM_MODES
-    from auditkit.engine import AMP_MODES
-
-    if config.stream not in STREAM_MODES:
-        raise ConfigError(f"stream must be one of {', '.join(STREAM_MODES)}, got {config.stream!r}")
-    if config.amp not in AMP_MODES:
-        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}")
-    if config.workers < 0:
-        raise ConfigError(f"workers must be >= 0, got {config.workers}")
-    unknown = [c for c in config.checks if c not in AVAILABLE_CHECKS]
-    if unknown:
-        raise ConfigError(f"checks must be among {list(AVAILABLE_CHECKS)} got {unknown}")
+__all__ = ["AuditConfig", "comparable_keys", "default_reprs", "read_config_file", "resolve_config"]

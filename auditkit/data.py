@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import hashlib
 import json
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +37,69 @@ DIGITS_SITE_NOTE = (
     "(grey background, faint strokes) and are rare in training (4%) but common in test (30%)."
 )
 
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "t10k", "dev"})
+RESIZE_INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "nearest")
+IDX_PATTERN = re.compile(r"^(?P<split>.+?)-(?P<kind>images|labels)[-.](?P<idx>idx[13])-ubyte(?:\.gz)?$")
+TORCHVISION_DATASETS: tuple[str, ...] = ("MNIST", "FashionMNIST", "KMNIST")
+PICKLED_DATASETS: tuple[str, ...] = ("CIFAR10", "CIFAR100")
+
 T = TypeVar("T")
 Tracker = Callable[[Iterable[T], int, str], Iterator[T]]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How each decoded image becomes the model's input size (before any normalisation).
+
+    The default is a plain resize to ``size`` ``(H, W)``. ``resize`` + ``crop`` is the standard
+    evaluation pipeline: resize the shorter side to ``resize``, then centre-crop ``(H, W)``.
+    """
+
+    size: tuple[int, int] | None = None
+    resize: int | None = None
+    crop: tuple[int, int] | None = None
+    interpolation: str = "bilinear"
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in RESIZE_INTERPOLATIONS:
+            raise ConfigError(
+                f"--resize-interpolation must be one of {', '.join(RESIZE_INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        if self.resize is not None and self.crop is None:
+            raise ConfigError("--resize S needs --crop H W (resize the shorter side, then centre-crop)")
+        if self.resize is not None and self.resize < 1:
+            raise ConfigError(f"--resize must be a positive number of pixels, got {self.resize}")
+        if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
+            raise ConfigError(f"--crop must be two positive integers H W, got {self.crop}")
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """The ``(H, W)`` every image ends at, if fixed by the settings."""
+        return tuple(self.crop) if self.crop is not None else self.size  # type: ignore[return-value]
+
+    def apply(self, im: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """``im`` ``(C, H, W)`` uint8 -> ``(C, H', W')`` uint8; ``size`` replaces a missing ``self.size``."""
+        # torchvision's v1 kernels: bit-identical to the weights enums' eval transforms on tensors
+        from torchvision.transforms import functional as F1
+
+        mode = TF.InterpolationMode(self.interpolation)
+        if self.resize is not None:
+            im = F1.resize(im, [self.resize], interpolation=mode, antialias=self.antialias)
+        if self.crop is not None:
+            return F1.center_crop(im, list(self.crop))
+        target = self.size or size
+        if target is not None and tuple(im.shape[-2:]) != tuple(target):
+            im = F1.resize(im, list(target), interpolation=mode, antialias=self.antialias)
+        return im
+
+    def describe(self) -> str:
+        if self.crop is not None:
+            head = f"resize shorter side to {self.resize}, " if self.resize else ""
+            return f"{head}centre-crop {self.crop[0]}x{self.crop[1]} ({self.interpolation}, antialias={self.antialias})"
+        if self.size is not None:
+            return f"resize to {self.size[0]}x{self.size[1]} ({self.interpolation}, antialias={self.antialias})"
+        return "none (images used at their own size)"
 
 
 class FileImages:
@@ -47,10 +110,13 @@ class FileImages:
     ``channels`` and resized to ``(H, W)`` exactly as the in-memory loaders do.
     """
 
-    def __init__(self, paths: Sequence[Path], *, mode: str | None, shape: tuple[int, int, int]) -> None:
+    def __init__(
+        self, paths: Sequence[Path], *, mode: str | None, shape: tuple[int, int, int], preprocess: Preprocess
+    ) -> None:
         self.paths = tuple(paths)
         self.mode = mode
         self.image_shape = shape
+        self.preprocess = preprocess
 
     @property
     def shape(self) -> torch.Size:
@@ -62,7 +128,7 @@ class FileImages:
     def _one(self, i: int) -> Tensor:
         c, h, w = self.image_shape
         try:
-            return _conform(decode_image(self.paths[i], mode=self.mode), (h, w), c)
+            return _conform(decode_image(self.paths[i], mode=self.mode), (h, w), c, self.preprocess)
         except (OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"{self.paths[i]}: could not be read during the audit ({exc}); was it changed?") from exc
 
@@ -85,7 +151,12 @@ class FileImages:
 
     def subset(self, key: Sequence[int] | Tensor) -> FileImages:
         """The images at ``key``, still on disk."""
-        return FileImages([self.paths[i] for i in self._indices(key)], mode=self.mode, shape=self.image_shape)
+        return FileImages(
+            [self.paths[i] for i in self._indices(key)],
+            mode=self.mode,
+            shape=self.image_shape,
+            preprocess=self.preprocess,
+        )
 
     def numpy(self) -> np.ndarray:
         """Every image decoded: ``(N, C, H, W)`` uint8 (this loads the whole dataset)."""
@@ -102,6 +173,7 @@ class ImageDataset:
     ``images``: ``(N, C, H, W)`` uint8, a tensor or a :class:`FileImages` (``--stream``);
     ``labels``: ``(N,)`` int64 class indices into ``class_names``; ``metadata`` maps a column
     name to ``N`` string values; ``ids`` name each sample (relative path or index) for reports.
+    ``class_source`` says where the class order came from (see :data:`CLASS_SOURCES`).
     """
 
     images: Images
@@ -114,6 +186,7 @@ class ImageDataset:
     sha256: str
     skipped: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
+    class_source: str = "label indices"
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -145,8 +218,9 @@ class LoadOptions:
     """What every loader needs besides the path (see :func:`load_dataset`)."""
 
     class_names: Sequence[str] | None
+    class_source: str
     num_classes: int | None
-    image_size: tuple[int, int] | None
+    preprocess: Preprocess
     channels: int | None
     limit: int | None
     sample: int | None
@@ -154,6 +228,7 @@ class LoadOptions:
     max_bad_fraction: float
     track: Tracker[tuple[Path, str, str]]
     stream: str = "auto"
+    split: str | None = None
 
     @property
     def mode(self) -> str | None:
@@ -236,58 +311,112 @@ def _subset(n: int, limit: int | None, sample: int | None, seed: int) -> np.ndar
     return idx
 
 
+def _is_int(label: str) -> bool:
+    return label.lstrip("-").isdigit()
+
+
 def _map_labels(
-    raw: Sequence[str], class_names: Sequence[str] | None, num_classes: int | None, where: Sequence[str]
-) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Turn label strings into indices: by the model's class names if known, else by value."""
-    if class_names:
-        lookup = {name: i for i, name in enumerate(class_names)}
-        out = np.empty(len(raw), dtype=np.int64)
-        for i, label in enumerate(raw):
-            if label not in lookup:
-                shown = list(class_names)[:20]
-                raise DataError(f"{where[i]}: label {label!r} is not among the model's classes {shown}")
-            out[i] = lookup[label]
-        return out, tuple(class_names)
-    if raw and all(s.lstrip("-").isdigit() for s in raw):
+    raw: Sequence[str],
+    o: LoadOptions,
+    where: Sequence[str],
+    *,
+    fallback: tuple[Sequence[str], str] | None = None,
+) -> tuple[np.ndarray, tuple[str, ...], str]:
+    """Turn every label string of the *whole* dataset into a class index (the class contract).
+
+    The class order comes from one source: the names ``o.class_names`` (``--class-names``, the
+    model spec or a weights preset; ``o.class_source`` says which), else ``fallback`` (folder
+    names, a dataset's declared classes), else integer labels as indices, else the sorted string
+    labels, which is allowed only when they are exactly as many as the model's outputs.
+    Returns the indices, the class names and where their order came from.
+    """
+    if o.class_names:
+        return _map_by_names(raw, tuple(o.class_names), o.class_source, o.num_classes, where)
+    if fallback is not None:
+        names, source = tuple(fallback[0]), fallback[1]
+        _check_count(names, o.num_classes, source)
+        return _map_by_names(raw, names, source, o.num_classes, where)
+    if raw and all(_is_int(s) for s in raw):
         ints = np.array([int(s) for s in raw], dtype=np.int64)
-        k = num_classes if num_classes is not None else int(ints.max()) + 1
+        k = o.num_classes if o.num_classes is not None else int(ints.max()) + 1
         bad = np.flatnonzero((ints < 0) | (ints >= k))
         if bad.size:
             raise DataError(f"{where[bad[0]]}: label {ints[bad[0]]} is not a class index in [0, {k})")
-        return ints, tuple(str(i) for i in range(k))
+        return ints, tuple(str(i) for i in range(k)), "label indices"
     names = tuple(sorted(set(raw)))
-    if num_classes is not None and len(names) > num_classes:
-        raise DataError(f"data has {len(names)} classes {list(names)[:20]} but the model has {num_classes} outputs")
+    source = INFERRED_SOURCE
+    _check_count(names, o.num_classes, source)
     lookup = {name: i for i, name in enumerate(names)}
-    return np.array([lookup[s] for s in raw], dtype=np.int64), names
+    return np.array([lookup[s] for s in raw], dtype=np.int64), names, source
 
 
-def _conform(im: Tensor, size: tuple[int, int] | None, c: int) -> Tensor:
-    """One ``(C, H, W)`` uint8 image converted to ``c`` channels and resized to ``size``."""
+INFERRED_SOURCE = "inferred: the data's label names, sorted"
+
+
+def _check_count(names: Sequence[str], num_classes: int | None, source: str) -> None:
+    """Class names taken from the data must be exactly as many as the model's outputs."""
+    if num_classes is None or len(names) == num_classes:
+        return
+    shown = list(names)[:12]
+    if len(names) < num_classes:
+        raise ConfigError(
+            f"the data has {len(names)} classes {shown} ({source}) but the model has {num_classes} outputs, so their "
+            "order cannot be known; pass --class-names (a comma list or a file, one name per line, in output order)"
+        )
+    raise DataError(f"the data has {len(names)} classes {shown} ({source}) but the model has {num_classes} outputs")
+
+
+def _map_by_names(
+    raw: Sequence[str], names: tuple[str, ...], source: str, num_classes: int | None, where: Sequence[str]
+) -> tuple[np.ndarray, tuple[str, ...], str]:
+    """Labels that are class names map by name; integer labels that are not names are indices."""
+    if num_classes is not None and len(names) != num_classes:
+        raise ConfigError(f"{len(names)} class names ({source}) but the model has {num_classes} outputs")
+    lookup = {name: i for i, name in enumerate(names)}
+    if all(s in lookup for s in raw):
+        ints_disagree = [s for s in dict.fromkeys(raw) if _is_int(s) and lookup[s] != int(s)]
+        if ints_disagree:
+            s0 = ints_disagree[0]
+            raise ConfigError(
+                f"label {s0!r} is both the class name at index {lookup[s0]} and the index {s0} ({source}); "
+                "write labels as class names or as indices that agree with the names"
+            )
+        return np.array([lookup[s] for s in raw], dtype=np.int64), names, source
+    if raw and all(_is_int(s) for s in raw):
+        ints = np.array([int(s) for s in raw], dtype=np.int64)
+        bad = np.flatnonzero((ints < 0) | (ints >= len(names)))
+        if bad.size:
+            raise DataError(f"{where[bad[0]]}: label {ints[bad[0]]} is not a class index in [0, {len(names)})")
+        return ints, names, source
+    i = next(i for i, s in enumerate(raw) if s not in lookup)
+    raise DataError(f"{where[i]}: label {raw[i]!r} is not among the classes {list(names)[:20]} ({source})")
+
+
+def _conform(im: Tensor, size: tuple[int, int] | None, c: int, preprocess: Preprocess) -> Tensor:
+    """One ``(C, H, W)`` uint8 image converted to ``c`` channels and brought to ``size`` by ``preprocess``."""
     if im.shape[0] != c:
         im = im.expand(3, -1, -1) if im.shape[0] == 1 else TF.rgb_to_grayscale(im)
-    if size is not None and tuple(im.shape[-2:]) != tuple(size):
-        im = TF.resize(im, list(size), antialias=True)
-    return im
+    return preprocess.apply(im, size)
 
 
 def _target_shape(
-    chans: set[int], sizes: set[tuple[int, int]], size: tuple[int, int] | None, channels: int | None
+    chans: set[int], sizes: set[tuple[int, int]], preprocess: Preprocess, channels: int | None
 ) -> tuple[int, tuple[int, int]]:
-    """The channels and ``(H, W)`` every image is brought to; several sizes need ``--input-size``."""
+    """The channels and ``(H, W)`` every image is brought to; several sizes need a target size."""
+    size = preprocess.output_size
     if size is None and len(sizes) > 1:
         raise DataError(
-            f"images have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}); pass --input-size H W to resize them"
+            f"images have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}); pass --input-size H W to resize "
+            "them, or --resize S --crop H W for the standard resize-then-centre-crop"
         )
     c = channels or (3 if 3 in chans else 1)
     return c, (tuple(size) if size is not None else next(iter(sizes)))  # type: ignore[return-value]
 
 
-def _stack(images: list[Tensor], size: tuple[int, int] | None, channels: int | None) -> Tensor:
+def _stack(images: list[Tensor], preprocess: Preprocess, channels: int | None) -> Tensor:
     sizes = {(int(im.shape[-2]), int(im.shape[-1])) for im in images}
-    c, hw = _target_shape({int(im.shape[0]) for im in images}, sizes, size, channels)
-    return torch.stack([_conform(im, hw, c) for im in images]).contiguous()
+    c, hw = _target_shape({int(im.shape[0]) for im in images}, sizes, preprocess, channels)
+    return torch.stack([_conform(im, hw, c, preprocess) for im in images]).contiguous()
 
 
 def _dataset_hash(images: Tensor | hashlib._Hash, labels: Tensor, metadata: Mapping[str, Sequence[str]]) -> str:
@@ -316,6 +445,7 @@ def _finish(
     skipped: Sequence[tuple[str, str]] = (),
     notes: Sequence[str] = (),
     digest: hashlib._Hash | None = None,
+    class_source: str = "label indices",
 ) -> ImageDataset:
     lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     meta = {k: tuple(str(v) for v in vals) for k, vals in metadata.items()}
@@ -332,6 +462,7 @@ def _finish(
         sha256=_dataset_hash(digest if digest is not None else images, lab, meta),  # type: ignore[arg-type]
         skipped=tuple(skipped),
         notes=tuple(notes),
+        class_source=class_source,
     )
 
 
@@ -385,12 +516,12 @@ def _decode_files(rows: list[tuple[Path, str, str]], o: LoadOptions) -> _Decoded
         )
     if not kept:
         raise DataError("no readable images in the dataset")
-    c, hw = _target_shape(chans, sizes, o.image_size, o.channels)
-    digest.update(f"channels={c};size={hw}".encode())
+    c, hw = _target_shape(chans, sizes, o.preprocess, o.channels)
+    digest.update(f"channels={c};size={hw};preprocess={o.preprocess!r}".encode())
     out: Images = (
-        torch.stack([_conform(im, hw, c) for im in images]).contiguous()
+        torch.stack([_conform(im, hw, c, o.preprocess) for im in images]).contiguous()
         if images is not None
-        else FileImages([rows[i][0] for i in kept], mode=o.mode, shape=(c, *hw))
+        else FileImages([rows[i][0] for i in kept], mode=o.mode, shape=(c, *hw), preprocess=o.preprocess)
     )
     return _Decoded(out, kept, skipped, digest)
 
@@ -399,8 +530,10 @@ def load_dataset(
     source: str | Path,
     *,
     class_names: Sequence[str] | None = None,
+    class_source: str = "--class-names",
     num_classes: int | None = None,
     image_size: tuple[int, int] | None = None,
+    preprocess: Preprocess | None = None,
     channels: int | None = None,
     limit: int | None = None,
     sample: int | None = None,
@@ -408,45 +541,27 @@ def load_dataset(
     max_bad_fraction: float = 0.05,
     track: Tracker[tuple[Path, str, str]] = _no_track,
     stream: str = "auto",
+    split: str | None = None,
 ) -> ImageDataset:
-    """Load ``source``: a folder (ImageFolder), a ``.csv`` manifest, an ``.npz`` or ``digits``.
+    """Load ``source``: a folder (ImageFolder, or MNIST-style IDX files), a ``.csv`` manifest,
+    an ``.npz``, ``torchvision:<Dataset>:<root>`` or ``digits``.
 
-    ``class_names``/``num_classes`` come from the model so labels are checked against it;
-    ``image_size`` ``(H, W)`` and ``channels`` resize/convert images on load. ``stream``
-    (``auto|on|off``) decides whether image files stay on disk and are decoded batch by batch
-    (``auto``: when the decoded pixels pass ``STREAM_BYTES``); arrays are always in memory.
+    ``class_names`` (from ``class_source``) and ``num_classes`` come from the model, so labels are
+    checked against it; labels are mapped over the whole dataset before ``limit``/``sample``.
+    ``preprocess`` (or a plain resize to ``image_size`` ``(H, W)``) and ``channels`` bring
+    images to the model's input on load. ``stream`` (``auto|on|off``) decides whether image
+    files stay on disk and are decoded batch by batch (``auto``: when the decoded pixels pass
+    ``STREAM_BYTES``); arrays are always in memory. ``split`` picks an IDX or torchvision split.
     """
     if channels not in (None, 1, 3):
         raise ConfigError(f"--channels must be 1 or 3, got {channels}")
     if stream not in STREAM_MODES:
         raise ConfigError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {stream!r}")
-    src = str(source)
-    if src in ("digits", "digits:test", "digits:train"):
-        split = digits_split(seed=0)["train" if src.endswith("train") else "test"]
-        idx = _subset(len(split["y"]), limit, sample, seed)
-        images = torch.from_numpy(split["x"][idx])
-        if channels == 3 or (image_size is not None and tuple(image_size) != (DIGITS_SIZE, DIGITS_SIZE)):
-            images = _stack(list(images), image_size, channels)
-        labels, names = _map_labels(
-            [str(v) for v in split["y"][idx]], class_names, num_classes, [f"digits[{i}]" for i in idx]
-        )
-        return _finish(
-            images=images,
-            labels=labels,
-            class_names=names,
-            metadata={"site": split["site"][idx].tolist()},
-            ids=[f"digits/{i}" for i in idx],
-            source=src,
-            fmt="builtin",
-            notes=(DIGITS_SITE_NOTE,),
-        )
-    path = Path(source)
-    if not path.exists():
-        raise DataError(f"dataset not found: {path} (give a folder, a .csv manifest, an .npz or 'digits')")
     options = LoadOptions(
-        class_names=class_names,
+        class_names=tuple(class_names) if class_names else None,
+        class_source=class_source,
         num_classes=num_classes,
-        image_size=image_size,
+        preprocess=preprocess if preprocess is not None else Preprocess(size=image_size),
         channels=channels,
         limit=limit,
         sample=sample,
@@ -454,8 +569,32 @@ def load_dataset(
         max_bad_fraction=max_bad_fraction,
         track=track,
         stream=stream,
+        split=split,
     )
+    src = str(source)
+    if src in ("digits", "digits:test", "digits:train"):
+        split_arrays = digits_split(seed=0)["train" if src.endswith("train") else "test"]
+        return _from_arrays(
+            split_arrays["x"],
+            split_arrays["y"],
+            {"site": split_arrays["site"]},
+            options,
+            source=src,
+            fmt="builtin",
+            ids=[f"digits/{i}" for i in range(len(split_arrays["y"]))],
+            notes=(DIGITS_SITE_NOTE,),
+        )
+    if src.startswith("torchvision:"):
+        return _load_torchvision(src, options)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(
+            f"dataset not found: {path} (give a folder, a .csv manifest, an .npz, torchvision:<Dataset>:<root> "
+            "or 'digits')"
+        )
     if path.is_dir():
+        if idx_splits(path):
+            return _load_idx(path, options)
         return _load_image_folder(path, options)
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -463,6 +602,157 @@ def load_dataset(
     if suffix == ".npz":
         return _load_npz(path, options)
     raise DataError(f"cannot tell the format of {path}: expected a folder, a .csv manifest or an .npz")
+
+
+def _from_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    arrays: Mapping[str, np.ndarray],
+    o: LoadOptions,
+    *,
+    source: str,
+    fmt: str,
+    ids: Sequence[str],
+    notes: Sequence[str] = (),
+    names: Sequence[str] | None = None,
+    fallback: tuple[Sequence[str], str] | None = None,
+) -> ImageDataset:
+    """An in-memory dataset from ``x`` ``(N, C, H, W)`` uint8 and labels ``y`` ``(N,)``.
+
+    Labels are mapped over all ``N`` samples first (integer labels become names from ``names``
+    when given); ``limit``/``sample`` pick the samples after that.
+    """
+    if names is not None and np.issubdtype(y.dtype, np.integer):
+        raw = [names[int(v)] if 0 <= int(v) < len(names) else str(v) for v in y]
+    else:
+        raw = [str(v) for v in y]
+    labels, class_names, class_source = _map_labels(raw, o, ids, fallback=fallback)
+    idx = _subset(len(labels), o.limit, o.sample, o.seed)
+    images = torch.from_numpy(np.ascontiguousarray(x[idx]))
+    fixed = o.preprocess.output_size
+    if o.channels not in (None, images.shape[1]) or (fixed is not None and tuple(images.shape[-2:]) != fixed):
+        images = _stack(list(images), o.preprocess, o.channels)
+    picked = idx.tolist()
+    metadata = {k: [str(v) for v in arr[idx]] for k, arr in arrays.items() if arr.ndim == 1 and len(arr) == len(y)}
+    return _finish(
+        images=images,
+        labels=labels[idx],
+        class_names=class_names,
+        metadata=metadata,
+        ids=[ids[i] for i in picked],
+        source=source,
+        fmt=fmt,
+        notes=notes,
+        class_source=class_source,
+    )
+
+
+def idx_splits(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """The MNIST-style IDX splits in ``folder``: ``{"train": (images, labels), "test": ...}``.
+
+    Files are ``<split>-images-idx3-ubyte[.gz]`` and ``<split>-labels-idx1-ubyte[.gz]``
+    (``t10k`` is called ``test``); a split needs both.
+    """
+    found: dict[str, dict[str, Path]] = {}
+    for f in sorted(folder.iterdir()):
+        m = IDX_PATTERN.match(f.name)
+        if m and f.is_file():
+            split = "test" if m["split"] == "t10k" else m["split"]
+            found.setdefault(split, {})[m["kind"]] = f
+    return {k: (v["images"], v["labels"]) for k, v in found.items() if set(v) == {"images", "labels"}}
+
+
+IDX_DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into an array of its declared shape and type."""
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    expected = header + int(np.prod(dims)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{path}: IDX header declares shape {dims} ({expected} bytes) but the file has {len(raw)}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def _pick_split(available: Sequence[str], split: str | None, where: str) -> str:
+    if split is None:
+        if len(available) == 1:
+            return available[0]
+        raise ConfigError(f"{where} holds the splits {', '.join(available)}; choose one with --split")
+    if split not in available:
+        raise ConfigError(f"--split {split!r} is not in {where}; it holds {', '.join(available)}")
+    return split
+
+
+def _load_idx(folder: Path, o: LoadOptions) -> ImageDataset:
+    splits = idx_splits(folder)
+    split = _pick_split(sorted(splits), o.split, str(folder))
+    images_file, labels_file = splits[split]
+    x, y = read_idx(images_file), read_idx(labels_file)
+    if x.ndim != 3 or x.dtype != np.uint8 or y.ndim != 1 or len(x) != len(y):
+        raise DataError(
+            f"{folder}: expected uint8 images (N, H, W) and labels (N,); got {x.shape} {x.dtype} and {y.shape}"
+        )
+    return _from_arrays(
+        x[:, None],
+        y.astype(np.int64),
+        {},
+        o,
+        source=f"{folder.resolve()} (split {split})",
+        fmt="idx",
+        ids=[f"{split}[{i}]" for i in range(len(y))],
+    )
+
+
+def _load_torchvision(src: str, o: LoadOptions) -> ImageDataset:
+    """``torchvision:<Dataset>:<root>``: a torchvision dataset class read from ``root``, never downloaded."""
+    _, _, rest = src.partition(":")
+    name, sep, root = rest.partition(":")
+    if name in PICKLED_DATASETS:
+        raise DataError(
+            f"torchvision's {name} layout is a Python pickle, which can run code when read; auditkit does not read "
+            "it. Convert it to an ImageFolder or an .npz (x, y) in a process you trust"
+        )
+    if name not in TORCHVISION_DATASETS or not sep or not root:
+        raise ConfigError(
+            f"give a torchvision dataset as torchvision:<Dataset>:<root> with Dataset one of "
+            f"{', '.join(TORCHVISION_DATASETS)}, got {src!r}"
+        )
+    import torchvision.datasets
+
+    split = _pick_split(["test", "train"], o.split, src)
+    cls = getattr(torchvision.datasets, name)
+    try:
+        ds = cls(root, train=split == "train", download=False)
+    except RuntimeError as exc:
+        raise DataError(f"cannot read {name} under {root} (download is off): {exc}") from exc
+    x = ds.data.numpy()[:, None]
+    y = ds.targets.numpy().astype(np.int64)
+    return _from_arrays(
+        x,
+        y,
+        {},
+        o,
+        source=f"{src} (split {split})",
+        fmt="torchvision",
+        ids=[f"{split}[{i}]" for i in range(len(y))],
+        fallback=None if o.class_names else (tuple(ds.classes), f"torchvision {name}.classes"),
+    )
+
+
+def _looks_like_splits(folders: Sequence[str]) -> bool:
+    return bool(folders) and all(f.lower() in SPLIT_FOLDER_NAMES for f in folders)
 
 
 def _load_image_folder(root: Path, o: LoadOptions) -> ImageDataset:
@@ -474,9 +764,21 @@ def _load_image_folder(root: Path, o: LoadOptions) -> ImageDataset:
         entries = make_dataset(str(root), folder_index, extensions=IMAGE_EXTENSIONS, allow_empty=True)
     except (FileNotFoundError, OSError) as exc:
         raise DataError(f"{root} is not an ImageFolder (one sub-folder per class): {exc}") from exc
+    if _looks_like_splits(folders):
+        pick = next((f for f in folders if f.lower() in ("test", "testing", "val", "valid", "validation")), folders[0])
+        raise ConfigError(
+            f"{root} holds split folders ({', '.join(folders)}), not class folders; give one split, e.g. {root / pick}"
+        )
     if not entries:
         raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under the class folders of {root}")
-    entries = [entries[i] for i in _subset(len(entries), o.limit, o.sample, o.seed)]
+    labels_all, names, source = _map_labels(
+        [folders[c] for _, c in entries],
+        o,
+        [str(Path(f).relative_to(root)) for f, _ in entries],
+        fallback=None if o.class_names else (folders, "folder names, sorted (torchvision ImageFolder)"),
+    )
+    picked = _subset(len(entries), o.limit, o.sample, o.seed)
+    entries = [entries[i] for i in picked]
     rows = []
     for file, _ in entries:
         full = Path(file).resolve()
@@ -486,11 +788,9 @@ def _load_image_folder(root: Path, o: LoadOptions) -> ImageDataset:
         rows.append((full, shown, shown))
     found = _decode_files(rows, o)
     kept = found.kept
-    raw = [folders[entries[i][1]] for i in kept]
-    labels, names = _map_labels(raw, o.class_names or folders, o.num_classes, [rows[i][1] for i in kept])
     return _finish(
         images=found.images,
-        labels=labels,
+        labels=labels_all[picked][kept],
         class_names=names,
         metadata={},
         ids=[rows[i][1] for i in kept],
@@ -498,6 +798,7 @@ def _load_image_folder(root: Path, o: LoadOptions) -> ImageDataset:
         fmt="imagefolder",
         skipped=found.skipped,
         digest=found.digest,
+        class_source=source,
     )
 
 
@@ -515,22 +816,26 @@ def _load_manifest(path: Path, o: LoadOptions) -> ImageDataset:
         raise DataError(f"manifest {path} lacks column(s) {missing}; it has {fields}. Required: path,label")
     if not records:
         raise DataError(f"manifest {path} has no rows")
-    records = [records[i] for i in _subset(len(records), o.limit, o.sample, o.seed)]
+    labels_all, names, source = _map_labels(
+        [(r.get("label") or "").strip() for r in records],
+        o,
+        [f"{path.name} row {n + 2}" for n in range(len(records))],
+    )
+    picked = _subset(len(records), o.limit, o.sample, o.seed)
+    records = [records[i] for i in picked]
     rows = []
-    for n, rec in enumerate(records):
+    for n, rec in zip(picked.tolist(), records, strict=True):
         where = f"{path.name} row {n + 2}"
         raw = (rec.get("path") or "").strip()
         rows.append((_resolve_in(base, raw, where), raw, where))
     found = _decode_files(rows, o)
     kept = found.kept
-    raw_labels = [(records[i].get("label") or "").strip() for i in kept]
-    labels, names = _map_labels(raw_labels, o.class_names, o.num_classes, [rows[i][2] for i in kept])
     meta_cols = [c for c in fields if c not in ("path", "label")]
     notes = _read_card(path)
     metadata = {c: [(records[i].get(c) or "").strip() for i in kept] for c in meta_cols}
     return _finish(
         images=found.images,
-        labels=labels,
+        labels=labels_all[picked][kept],
         class_names=names,
         metadata=metadata,
         ids=[rows[i][1] for i in kept],
@@ -539,6 +844,7 @@ def _load_manifest(path: Path, o: LoadOptions) -> ImageDataset:
         skipped=found.skipped,
         notes=notes,
         digest=found.digest,
+        class_source=source,
     )
 
 
@@ -585,25 +891,15 @@ def _load_npz(path: Path, o: LoadOptions) -> ImageDataset:
         if not np.isfinite(xf).all() or xf.min() < 0 or xf.max() > 1:
             raise DataError(f"{path}: float images must lie in [0, 1]; got range [{xf.min()}, {xf.max()}]")
         x = np.round(xf * 255).astype(np.uint8)
-    idx = _subset(len(y), o.limit, o.sample, o.seed)
-    images = torch.from_numpy(np.ascontiguousarray(x[idx]))
-    if o.channels is not None or o.image_size is not None:
-        images = _stack(list(images), o.image_size, o.channels)
-    names_given = o.class_names or (tuple(str(s) for s in stored_names) if stored_names is not None else None)
-    y_sel = y[idx]
-    if names_given and np.issubdtype(y_sel.dtype, np.integer):
-        raw = [names_given[int(v)] if 0 <= int(v) < len(names_given) else str(v) for v in y_sel]
-    else:
-        raw = [str(v) for v in y_sel]
-    where = [f"{path.name}[{i}]" for i in idx]
-    labels, names = _map_labels(raw, names_given, o.num_classes, where)
-    metadata = {k: [str(v) for v in arr[idx]] for k, arr in arrays.items() if arr.ndim == 1 and len(arr) == len(y)}
-    return _finish(
-        images=images,
-        labels=labels,
-        class_names=names,
-        metadata=metadata,
-        ids=[f"{path.name}[{i}]" for i in idx],
+    names = tuple(str(v) for v in stored_names) if stored_names is not None else None
+    return _from_arrays(
+        x,
+        y,
+        arrays,
+        o,
         source=str(path),
         fmt="npz",
+        ids=[f"{path.name}[{i}]" for i in range(len(y))],
+        names=None if o.class_names else names,
+        fallback=None if o.class_names or names is None else (names, f"the class_names array in {path.name}"),
     )

@@ -29,37 +29,11 @@ from scipy.stats import binomtest
 
 from auditkit.exceptions import ConfigError, DataError, OutputWriteError
 from auditkit.io import atomic_write_text, read_toml
-from auditkit.results import CheckResult, RunResults
+from auditkit.results import CheckResult, Metric, RunResults
 
 Status = Literal["pass", "fail", "inconclusive", "error"]
 OPS = (">=", "<=")
 BOUNDS = ("value", "ci_low", "ci_high")
-#: config keys that change what a metric means; a baseline must agree on them
-COMPARABLE_KEYS = (
-    "data",
-    "limit",
-    "sample",
-    "angles",
-    "mean_range",
-    "fraction_of_clean",
-    "interpolation",
-    "fill",
-    "spatial_angles",
-    "translate",
-    "translate_steps",
-    "worst_of_k",
-    "attack",
-    "norm",
-    "epsilons",
-    "steps",
-    "rel_step",
-    "restarts",
-    "random_start",
-    "targeted",
-    "groups",
-    "min_support",
-    "bins",
-)
 
 
 @dataclass(frozen=True)
@@ -108,11 +82,26 @@ class GateResult(CheckResult):
     passed: bool
     baseline: str
 
-    def metrics(self) -> dict[str, float]:
-        return {
-            "gate.passed": 1.0 if self.passed else 0.0,
-            "gate.failed_rules": float(sum(v.status in ("fail", "error") for v in self.verdicts)),
-        }
+    title = "CI gate"
+    order = 0
+    template = "gate.html.j2"
+
+    def headline(self) -> str:
+        failed = sum(v.status in ("fail", "error") for v in self.verdicts)
+        verdict = "PASSED" if self.passed else "FAILED"
+        return f"{verdict}: {len(self.verdicts) - failed} of {len(self.verdicts)} rules hold"
+
+    def metric_records(self) -> tuple[Metric, ...]:
+        failed = float(sum(v.status in ("fail", "error") for v in self.verdicts))
+        return (
+            Metric("gate.passed", 1.0 if self.passed else 0.0, unit="flag"),
+            Metric("gate.failed_rules", failed, "lower", "rules"),
+        )
+
+
+def metric_index(results: RunResults) -> dict[str, Metric]:
+    """Every typed metric of a run by name (what rules and baselines refer to)."""
+    return {m.name: m for check in results.checks for m in check.metric_records()}
 
 
 def load_policy(path: Path) -> Policy:
@@ -147,16 +136,24 @@ def load_policy(path: Path) -> Policy:
     )
 
 
-def _value(results: RunResults, rule: Rule) -> float | None:
-    key = rule.metric if rule.bound == "value" else f"{rule.metric}.{rule.bound}"
-    return results.metrics.get(key)
+def _value(index: dict[str, Metric], rule: Rule) -> float | None:
+    """The rule's number: the metric's value, or one end of its interval (``nan`` if it has none)."""
+    metric = index.get(rule.metric)
+    if metric is None:
+        return None
+    if rule.bound == "value":
+        return metric.value
+    if metric.interval is None:
+        return math.nan
+    return metric.interval.low if rule.bound == "ci_low" else metric.interval.high
 
 
 def evaluate(results: RunResults, policy: Policy, baseline: RunResults | None = None) -> GateResult:
     """Apply every rule; a missing metric is an error, a null one is inconclusive."""
     verdicts = []
+    index = metric_index(results)
     for rule in policy.rules:
-        observed = _value(results, rule)
+        observed = _value(index, rule)
         if observed is None:
             verdicts.append(
                 Verdict(
@@ -186,26 +183,43 @@ def evaluate(results: RunResults, policy: Policy, baseline: RunResults | None = 
     if baseline is not None:
         check_comparable(results, baseline)
         label = baseline.manifest.model_sha256[:12]
+        before = metric_index(baseline)
         for metric in policy.baseline_metrics:
-            new, old = results.metrics.get(metric), baseline.metrics.get(metric)
-            name = f"{metric} >= baseline - {policy.tolerance:g}"
-            if new is None or old is None:
+            now, then = index.get(metric), before.get(metric)
+            new, old = (now.value if now else None), (then.value if then else None)
+            lower = now is not None and now.direction == "lower"
+            name = f"{metric} {'<= baseline +' if lower else '>= baseline -'} {policy.tolerance:g}"
+            if now is None or then is None or new is None or old is None:
                 verdicts.append(Verdict(name, "error", math.nan, f"{metric!r} is missing from one of the two runs"))
+            elif now.direction == "none":
+                verdicts.append(
+                    Verdict(name, "error", new, f"{metric!r} is informational: neither higher nor lower is better")
+                )
             elif math.isnan(new) or math.isnan(old):
                 verdicts.append(Verdict(name, "inconclusive", new, "not enough data in one of the two runs"))
             else:
-                verdicts.append(_compare(metric, name, new, old, results, baseline, policy))
+                verdicts.append(_compare(metric, name, new, old, results, baseline, policy, lower=lower))
     bad = {"fail", "error"} | ({"inconclusive"} if policy.inconclusive_fails else set())
     passed = not any(v.status in bad for v in verdicts)
     return GateResult(verdicts=tuple(verdicts), passed=passed, baseline=label)
 
 
 def _compare(
-    metric: str, name: str, new: float, old: float, results: RunResults, baseline: RunResults, policy: Policy
+    metric: str,
+    name: str,
+    new: float,
+    old: float,
+    results: RunResults,
+    baseline: RunResults,
+    policy: Policy,
+    *,
+    lower: bool = False,
 ) -> Verdict:
     """A regression is a drop beyond the tolerance; when both runs stored this metric's per-sample
     outcomes on the same samples, it must also be significant by an exact one-sided McNemar test."""
     text = f"{new:.4g} now vs {old:.4g} in the baseline ({new - old:+.4g})"
+    if lower:  # lower is better: a regression is a rise beyond the tolerance (never paired)
+        return Verdict(name, "fail" if new > old + policy.tolerance else "pass", new, text)
     beyond = new < old - policy.tolerance
     a, b = results.samples, baseline.samples
     now_bits = a.get(metric) if a is not None else None
@@ -229,7 +243,13 @@ def check_comparable(results: RunResults, baseline: RunResults) -> None:
             "the baseline was measured on different data (data SHA-256 differs); re-run it on the same data"
         )
     mine, theirs = dict(results.manifest.config), dict(baseline.manifest.config)
-    differ = [k for k in COMPARABLE_KEYS if k in mine and k in theirs and mine[k] != theirs[k] and k != "data"]
+    from auditkit.config import comparable_keys, default_reprs
+
+    # a key one run does not record (an older auditkit) counts as its default value
+    defaults = default_reprs()
+    differ = [
+        k for k in comparable_keys() if k != "data" and mine.get(k, defaults.get(k)) != theirs.get(k, defaults.get(k))
+    ]
     if differ:
         k = differ[0]
         raise DataError(

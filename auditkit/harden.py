@@ -14,21 +14,22 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from auditkit.audit import load_inputs, make_engine, raise_for_failures, run_audit, write_outputs
-from auditkit.checks.attack import AttackResult
+from auditkit.checks.attack import AttackResult, AttackSettings
 from auditkit.checks.harden import HardenResult
-from auditkit.checks.rotation import RotationResult
+from auditkit.checks.rotation import RotationResult, RotationSettings
 from auditkit.config import AuditConfig
 from auditkit.data import ImageDataset
 from auditkit.exceptions import ConfigError
 from auditkit.io import atomic_write_bytes
 from auditkit.models import save_model
 from auditkit.results import RunResults, collect_metrics, fmt
+from auditkit.settings import Settings, setting
 from auditkit.train import EpochLog, TrainConfig, TrainResult, fingerprint, fit
 
 #: metrics compared before vs after (prefixes); interval bounds and per-class detail are left out
@@ -42,6 +43,66 @@ DELTA_PREFIXES = (
     "subgroups.accuracy_gap",
     "subgroups.robust_accuracy",
 )
+
+
+class HardenSettings(Settings):
+    """How ``auditkit harden`` trains and evaluates (its own CLI options)."""
+
+    section: ClassVar[str] = "harden"
+
+    eval_data: str | None = setting(
+        None, "Data for the before/after audit. [default: a held-out split of DATA, written to OUT/eval.npz]"
+    )
+    method: Literal["pgd", "fgsm", "trades", "standard"] = setting(
+        "pgd", "pgd (Madry et al.), fgsm (fast FGSM, Wong et al.), trades, or standard."
+    )
+    eps: float = setting(8 / 255, "Training epsilon in [0,1] pixel units (Linf 8/255 = 0.0314).", ge=0)
+    train_norm: Literal["linf", "l2"] = setting("linf", "linf or l2.", flag="--norm")
+    attack_steps: int = setting(7, "PGD/TRADES steps during training.", ge=1)
+    trades_beta: float = setting(6.0, "TRADES robustness weight beta.", ge=0)
+    rotate: float = setting(
+        0.0, "Random rotations within +/- this many degrees (0 = off); combines with --method.", ge=0, le=180
+    )
+    epochs: int = setting(10, "Training epochs.", ge=1)
+    lr: float = setting(1e-3, "Peak learning rate of the one-cycle schedule (AdamW).", gt=0)
+    weight_decay: float = setting(1e-4, "AdamW weight decay.", ge=0)
+    train_batch_size: int = setting(64, "Training batch size.", ge=1)
+    fresh: bool = setting(
+        False, "Train from a fresh initialisation, not the given weights.", flag="--fresh/--fine-tune"
+    )
+    resume_training: bool = setting(
+        False, "Continue an interrupted run from OUT/checkpoint.pt (same settings).", flag="--resume"
+    )
+    val_fraction: float = setting(0.1, "Share of DATA held out for validation.", gt=0, le=0.5)
+    eval_fraction: float = setting(0.2, "Share of DATA held out to audit (no --eval-data).", gt=0, le=0.5)
+    eval_steps: int | None = setting(
+        None, "PGD steps of the evaluation attack. [default: max(20, 2 x --attack-steps)]", ge=1
+    )
+
+    def config(self, audit: AuditConfig) -> HardenConfig:
+        """The run's configuration with ``audit`` holding the model, data, engine and audit settings."""
+        train = TrainConfig(
+            method=self.method,
+            eps=self.eps,
+            norm=self.train_norm,
+            attack_steps=self.attack_steps,
+            trades_beta=self.trades_beta,
+            rotate=self.rotate,
+            epochs=self.epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+        )
+        return HardenConfig(
+            audit=audit,
+            train=train,
+            eval_data=self.eval_data,
+            batch_size=self.train_batch_size,
+            fresh=self.fresh,
+            resume=self.resume_training,
+            val_fraction=self.val_fraction,
+            eval_fraction=self.eval_fraction,
+            eval_steps=self.eval_steps,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,9 +187,10 @@ def _audit_checks(cfg: HardenConfig) -> tuple[str, ...]:
 def audit_config(cfg: HardenConfig, model: str, data: str, out: Path) -> AuditConfig:
     """The audit run on the original and on the hardened model (same settings for both)."""
     t = cfg.train
-    epsilons = cfg.audit.epsilons or ",".join(fmt(round(t.eps * f, 6)) for f in (0, 0.25, 0.5, 0.75, 1.0))
-    return dataclasses.replace(
-        cfg.audit,
+    attack = cfg.audit.settings(AttackSettings)
+    rotation = cfg.audit.settings(RotationSettings)
+    epsilons = attack.epsilons or ",".join(fmt(round(t.eps * f, 6)) for f in (0, 0.25, 0.5, 0.75, 1.0))
+    return cfg.audit.replace(
         model=model,
         data=data,
         out=str(out),
@@ -136,7 +198,7 @@ def audit_config(cfg: HardenConfig, model: str, data: str, out: Path) -> AuditCo
         norm=t.norm,
         epsilons=epsilons,
         steps=cfg.attack_steps,
-        mean_range=t.rotate or cfg.audit.mean_range,
+        mean_range=t.rotate or rotation.mean_range,
         spatial=False,
     )
 
@@ -149,7 +211,7 @@ def run_harden(cfg: HardenConfig, *, on_epoch: Callable[[EpochLog], None] | None
     out = Path(cfg.audit.out)
     if cfg.resume and not (out / "checkpoint.pt").is_file():
         raise ConfigError(f"--resume: no checkpoint at {out / 'checkpoint.pt'}; run without --resume to start")
-    engine = make_engine(dataclasses.replace(cfg.audit, batch_size=cfg.batch_size))
+    engine = make_engine(cfg.audit.replace(batch_size=cfg.batch_size))
     engine.seed_everything()
     loaded, data, _ = load_inputs(cfg.audit, engine)
     if not loaded.spec.arch:
@@ -191,10 +253,19 @@ def run_harden(cfg: HardenConfig, *, on_epoch: Callable[[EpochLog], None] | None
     )
     model_path = save_model(model.net, loaded.spec, out / "model.safetensors")
 
-    after_cfg = dataclasses.replace(  # the spec is saved beside the new weights
-        before_cfg, model=str(model_path), arch=None, num_classes=None, input_size=None, channels=None
+    after_cfg = before_cfg.replace(  # the spec is saved beside the new weights
+        model=str(model_path),
+        arch=None,
+        num_classes=None,
+        input_size=None,
+        channels=None,
+        mean=None,
+        std=None,
+        weights=None,
+        resize=None,
+        crop=None,
     )
-    after = run_audit(dataclasses.replace(after_cfg, mean=None, std=None))
+    after = run_audit(after_cfg)
     result = summarize(cfg, before, after, training, train=len(train), val=len(val), eval_source=eval_path)
     checks = (*after.checks, result)
     after = dataclasses.replace(after, checks=checks, metrics=collect_metrics(checks))

@@ -56,6 +56,12 @@ class ModelSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     class_names: tuple[str, ...] | None = None
+    output: str | None = None
+    weights: str | None = None
+    resize: int | None = None
+    crop: tuple[int, int] | None = None
+    resize_interpolation: str | None = None
+    antialias: bool | None = None
 
     def merged(self, **overrides: Any) -> ModelSpec:
         """A copy with every override that is not ``None`` applied."""
@@ -74,7 +80,7 @@ class ModelSpec:
         unknown = sorted(set(doc) - known)
         if unknown:
             raise ConfigError(f"model spec {path} has unknown keys {unknown}; allowed: {sorted(known)}")
-        for key in ("input_size", "mean", "std", "class_names"):
+        for key in ("input_size", "mean", "std", "class_names", "crop"):
             if doc.get(key) is not None:
                 doc[key] = tuple(doc[key])
         return cls(**doc)
@@ -116,12 +122,46 @@ class AuditModel(nn.Module):
                 x, size=tuple(self.input_size), mode="bilinear", align_corners=False, antialias=True
             )
         x = (x - self.mean) / self.std
-        out = self.net(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        if not isinstance(out, Tensor):
-            raise ModelError(f"model returned {type(out).__name__}; expected a tensor of logits")
+        return select_output(self.net(x), self.spec.output)
+
+
+def _shape(v: Any) -> str:
+    return str(tuple(v.shape)) if isinstance(v, Tensor) else type(v).__name__
+
+
+def select_output(out: Any, output: str | None) -> Tensor:
+    """The logits among a model's outputs (the output contract).
+
+    A model must return one ``(N, K)`` tensor. When it returns a tuple, list or dict, ``output``
+    (``--output``: an index or a key) names the logits; nothing is ever picked silently.
+    """
+    if isinstance(out, Tensor):
+        if output is not None:
+            raise ModelError(f"--output {output} was given but the model returns one tensor {_shape(out)}; drop it")
         return out
+    if isinstance(out, Mapping):
+        shown = ", ".join(f"{k!r}: {_shape(v)}" for k, v in list(out.items())[:8])
+        if output is None or output not in out:
+            what = "no --output" if output is None else f"--output {output!r} is not a key"
+            raise ModelError(
+                f"model returned a dict ({shown}) and {what}; name the logits with --output KEY (e.g. --output logits)"
+            )
+        chosen = out[output]
+    elif isinstance(out, (tuple, list)):
+        shown = "; ".join(f"{i}: {_shape(v)}" for i, v in enumerate(out[:8]))
+        n = len(out)
+        if output is None or not output.isdigit() or int(output) >= n:
+            what = "no --output" if output is None else f"--output {output!r} is not an index in [0, {n})"
+            raise ModelError(
+                f"model returned a {type(out).__name__} of {n} outputs ({shown}) and {what}; "
+                f"name the logits with --output INDEX (e.g. --output {n - 1})"
+            )
+        chosen = out[int(output)]
+    else:
+        raise ModelError(f"model returned {type(out).__name__}; expected one (N, K) tensor of logits")
+    if not isinstance(chosen, Tensor):
+        raise ModelError(f"--output {output} selects a {type(chosen).__name__}, not a tensor of logits")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -133,6 +173,7 @@ class LoadedModel:
     format: str
     sha256: str
     path: Path
+    class_source: str | None = None
 
 
 def file_sha256(path: Path) -> str:
@@ -195,8 +236,14 @@ def build_architecture(spec: ModelSpec) -> nn.Module:
             import torchvision.models
 
             net = torchvision.models.get_model(attr, weights=None, **kwargs)
+        elif module_name == "timm":
+            timm = _import_timm()
+            net = timm.create_model(attr, pretrained=False, **kwargs)
         else:
-            factory = getattr(importlib.import_module(module_name), attr)
+            module = importlib.import_module(module_name)
+            factory = getattr(module, attr)
+            if module_name == "auditkit.zoo" and getattr(factory, "__module__", None) != "auditkit.zoo":
+                raise AttributeError(f"auditkit.zoo has no architecture {attr!r}")
             net = factory(**kwargs)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"cannot build architecture {arch!r}: {exc}") from exc
@@ -205,6 +252,102 @@ def build_architecture(spec: ModelSpec) -> nn.Module:
     if not isinstance(net, nn.Module):
         raise ConfigError(f"architecture {arch!r} returned {type(net).__name__}, not an nn.Module")
     return net
+
+
+def _import_timm() -> Any:
+    try:
+        import timm
+    except ImportError as exc:
+        raise ConfigError("timm: architectures need timm; install auditkit[timm] (pip install timm)") from exc
+    return timm
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a weights enum or a pretrained config says about a model: its spec and class order."""
+
+    spec: ModelSpec
+    class_source: str | None
+
+
+def torchvision_preset(name: str) -> Preset:
+    """``ResNet18_Weights.IMAGENET1K_V1`` -> architecture, classes and eval transform, from the enum.
+
+    Nothing is downloaded: the enum carries the metadata; the weights file is the user's.
+    """
+    import torchvision.models
+    from torchvision.transforms._presets import ImageClassification
+
+    try:
+        weights = torchvision.models.get_weight(name)
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise ConfigError(
+            f"--weights torchvision:{name}: not a torchvision weights enum (e.g. ResNet18_Weights.IMAGENET1K_V1)"
+        ) from exc
+    transform = weights.transforms()
+    if not isinstance(transform, ImageClassification):
+        raise ConfigError(f"--weights torchvision:{name} is not an image-classification preset")
+    arch = next(
+        (m for m in torchvision.models.list_models() if torchvision.models.get_model_weights(m) is type(weights)),
+        None,
+    )
+    categories = tuple(weights.meta.get("categories") or ()) or None
+    spec = ModelSpec(
+        arch=f"torchvision:{arch}" if arch else None,
+        num_classes=len(categories) if categories else None,
+        channels=3,
+        mean=tuple(transform.mean),
+        std=tuple(transform.std),
+        class_names=categories,
+        resize=int(transform.resize_size[0]),
+        crop=(int(transform.crop_size[0]), int(transform.crop_size[-1])),
+        resize_interpolation=transform.interpolation.value,
+        antialias=bool(transform.antialias) if transform.antialias is not None else True,
+    )
+    return Preset(spec, f"weights preset torchvision:{name} (meta['categories'])" if categories else None)
+
+
+def timm_preset(name: str) -> Preset:
+    """``timm:<name>``: mean/std, input size, crop fraction and interpolation from timm's pretrained config."""
+    import math
+
+    timm = _import_timm()
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        raise ConfigError(f"--arch timm:{name}: timm has no architecture or pretrained config by that name")
+    c, h, w = cfg.input_size
+    crop_pct = cfg.crop_pct or 0.875
+    if cfg.crop_mode not in (None, "center"):
+        raise ConfigError(f"timm:{name} uses crop_mode {cfg.crop_mode!r}; only 'center' is supported")
+    interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
+    spec = ModelSpec(
+        num_classes=cfg.num_classes or None,
+        channels=c,
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+        resize=math.floor(h / crop_pct) if h == w else None,
+        crop=(h, w) if h == w else None,
+        input_size=None if h == w else (h, w),
+        resize_interpolation=interpolation,
+        antialias=True,
+    )
+    return Preset(spec, None)
+
+
+def apply_preset(spec: ModelSpec) -> Preset:
+    """Fill the gaps in ``spec`` from its ``weights`` enum or its ``timm:`` pretrained config."""
+    if spec.weights:
+        family, sep, name = spec.weights.partition(":")
+        if family != "torchvision" or not sep:
+            raise ConfigError(f"--weights must be torchvision:<WeightsEnum>.<NAME>, got {spec.weights!r}")
+        preset = torchvision_preset(name)
+    elif spec.arch and spec.arch.startswith("timm:"):
+        preset = timm_preset(spec.arch.partition(":")[2])
+    else:
+        return Preset(spec, None)
+    given = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "arch_kwargs"}
+    merged = dataclasses.replace(preset.spec.merged(**given), arch_kwargs=dict(spec.arch_kwargs))
+    return Preset(merged, preset.class_source)
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -257,7 +400,20 @@ def load_model(
     ``path`` may be a file or a folder holding ``model.safetensors`` + ``model.json``. The spec
     beside the file is read first; fields of ``spec`` that are not ``None`` override it.
     """
-    p = Path(path)
+    p = _model_file(Path(path))
+    base, class_source = _resolve_spec(p, spec, trust)
+    net, fmt = _build_net(p, base, trust)
+    return LoadedModel(
+        model=AuditModel(net, base),
+        spec=base,
+        format=fmt,
+        sha256=file_sha256(p),
+        path=p,
+        class_source=class_source,
+    )
+
+
+def _model_file(p: Path) -> Path:
     if p.is_dir():
         candidates = [p / "model.safetensors", p / "model.pt", p / "model.pt2"]
         found = next((c for c in candidates if c.is_file()), None)
@@ -266,16 +422,39 @@ def load_model(
         p = found
     if not p.is_file():
         raise ModelError(f"model file not found: {p}")
+    return p
+
+
+def _resolve_spec(p: Path, spec: ModelSpec | None, trust: bool) -> tuple[ModelSpec, str | None]:
+    """The spec file beside ``p`` (checked under the trust rule), overridden by ``spec``, gaps filled
+    from a preset; and where the class order comes from."""
     spec_file = find_spec_file(p)
     base = ModelSpec.from_file(spec_file) if spec_file else ModelSpec()
+    if spec_file is not None and not trust:
+        check_spec_file_trust(base, spec_file, overridden=spec is not None and spec.arch is not None)
+    class_source = f"model spec ({spec_file.name})" if spec_file and base.class_names else None
     if spec is not None:
+        if spec.class_names:
+            class_source = "--class-names"
         base = base.merged(
             **{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "arch_kwargs"}
         )
         if spec.arch_kwargs:
             base = dataclasses.replace(base, arch_kwargs=dict(spec.arch_kwargs))
+    preset = apply_preset(base)
+    base = preset.spec
+    require_normalisation(base)
+    return base, class_source or (preset.class_source if base.class_names else None)
+
+
+def _build_net(p: Path, base: ModelSpec, trust: bool) -> tuple[nn.Module, str]:
+    """The network in ``p`` and its format, refusing code-carrying formats without ``trust``."""
     fmt: str = detect_format(p)
-    net: nn.Module
+    if p.suffix.lower() == ".safetensors" and fmt != "safetensors":
+        raise UntrustedModelError(
+            f"refused to load {p}: it is named .safetensors but holds a pickle or zip archive, which can run code "
+            "when loaded; pass --trust-model only if you trust its source, or save real safetensors"
+        )
     if fmt == "safetensors":
         from safetensors.torch import load_file
 
@@ -285,36 +464,89 @@ def load_model(
             raise ModelError(f"cannot read safetensors file {p}: {exc}") from exc
         net = build_architecture(base)
         _load_weights(net, state, p, base.arch)
-    elif fmt == "state_dict":
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            fmt = "pickled_module"
-            if not trust:
-                raise _refuse(p, fmt) from exc
-            obj = _trusted_torch_load(p)
-        except Exception as exc:
-            raise ModelError(f"cannot read {p} with torch.load: {' '.join(str(exc).split())[:300]}") from exc
-        if isinstance(obj, nn.Module):
-            fmt = "pickled_module"
-            net = obj
-        else:
-            net = build_architecture(base)
-            _load_weights(net, _unwrap_state_dict(obj, p), p, base.arch)
-    elif not trust:
+        return net, fmt
+    if fmt == "state_dict":
+        return _load_torch_save(p, base, trust)
+    if not trust:
         raise _refuse(p, fmt)
-    elif fmt == "torchscript":
-        try:
-            net = torch.jit.load(str(p), map_location="cpu")
-        except Exception as exc:
-            raise ModelError(f"cannot load TorchScript archive {p}: {exc}") from exc
-    else:
-        try:
-            net = torch.export.load(str(p)).module()
-        except Exception as exc:
-            raise ModelError(f"cannot load torch.export program {p}: {exc}") from exc
-    wrapped = AuditModel(net, base)
-    return LoadedModel(model=wrapped, spec=base, format=fmt, sha256=file_sha256(p), path=p)
+    try:
+        loaded = (
+            torch.jit.load(str(p), map_location="cpu") if fmt == "torchscript" else torch.export.load(str(p)).module()
+        )
+    except Exception as exc:
+        what = "TorchScript archive" if fmt == "torchscript" else "torch.export program"
+        raise ModelError(f"cannot load {what} {p}: {exc}") from exc
+    return loaded, fmt
+
+
+def _load_torch_save(p: Path, base: ModelSpec, trust: bool) -> tuple[nn.Module, str]:
+    """A ``torch.save`` file: a state dict (read with ``weights_only``), or with ``trust`` a pickled module."""
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust:
+            raise _refuse(p, "pickled_module") from exc
+        obj = _trusted_torch_load(p)
+    except Exception as exc:
+        raise ModelError(f"cannot read {p} with torch.load: {' '.join(str(exc).split())[:300]}") from exc
+    if isinstance(obj, nn.Module):
+        return obj, "pickled_module"
+    net = build_architecture(base)
+    _load_weights(net, _unwrap_state_dict(obj, p), p, base.arch)
+    return net, "state_dict"
+
+
+SAFE_ARCH_NAMESPACES = ("torchvision", "timm", "auditkit.zoo")
+DOWNLOADING_KWARGS = frozenset(
+    {
+        "pretrained",
+        "weights",
+        "weights_backbone",
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "checkpoint_path",
+        "pretrained_file",
+        "cache_dir",
+        "model_dir",
+        "url",
+    }
+)
+
+
+def check_spec_file_trust(spec: ModelSpec, spec_file: Path, *, overridden: bool) -> None:
+    """A spec file travels with the model, so it is untrusted input: without ``--trust-model`` it may
+    only name built-in architectures (``torchvision:``, ``timm:``, ``auditkit.zoo:``), with plain
+    JSON scalar kwargs that download nothing. ``--arch`` typed by the user is the user's own choice."""
+    arch = spec.arch
+    if arch and not overridden:
+        module_name, _, attr = arch.partition(":")
+        if module_name not in SAFE_ARCH_NAMESPACES or attr.startswith("_") or not attr.isidentifier():
+            raise UntrustedModelError(
+                f"refused {spec_file}: it names the architecture {arch!r}, code outside torchvision:, timm: and "
+                "auditkit.zoo: that would run on load; pass --trust-model only if you trust its source, or name the "
+                "architecture yourself with --arch"
+            )
+    for key, value in spec.arch_kwargs.items():
+        if key in DOWNLOADING_KWARGS or (isinstance(value, str) and "://" in value):
+            raise UntrustedModelError(
+                f"refused {spec_file}: arch_kwargs {key!r} could download or load other files; weights come only "
+                "from the model file (pass --trust-model only if you trust its source)"
+            )
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise UntrustedModelError(
+                f"refused {spec_file}: arch_kwargs {key!r} must be a plain JSON scalar, got {type(value).__name__}"
+            )
+
+
+def require_normalisation(spec: ModelSpec) -> None:
+    """A torchvision/timm architecture without any mean/std is refused: it almost always means a
+    forgotten ``--mean/--std`` (or ``--weights``), and its accuracy would be a wrong number."""
+    family = (spec.arch or "").partition(":")[0]
+    if family in ("torchvision", "timm") and spec.mean is None and spec.std is None:
+        raise ConfigError(
+            f"{spec.arch} expects normalised inputs but no --mean/--std was given: pass them (or --weights); "
+            "if the model was trained on raw [0, 1] pixels, pass --mean 0 --std 1"
+        )
 
 
 def _trusted_torch_load(path: Path) -> Any:
@@ -344,6 +576,8 @@ def probe_outputs(model: nn.Module, x: Tensor, num_classes: int) -> tuple[int, l
     try:
         with torch.no_grad():
             out = model(x)
+    except ModelError:
+        raise
     except Exception as exc:
         msg = " ".join(str(exc).split())[:240]
         raise ModelError(
@@ -351,9 +585,10 @@ def probe_outputs(model: nn.Module, x: Tensor, num_classes: int) -> tuple[int, l
             f"what it expects (a torch.export program needs a dynamic batch dimension): {type(exc).__name__}: {msg}"
         ) from exc
     if out.ndim != 2 or out.shape[0] != x.shape[0]:
-        raise ModelError(f"model returned shape {tuple(out.shape)}; expected (N, num_classes) logits")
-    if out.shape[1] < num_classes:
-        raise ModelError(f"model has {out.shape[1]} outputs but the data has {num_classes} classes")
+        raise ModelError(
+            f"model returned shape {tuple(out.shape)}; expected (N, num_classes) logits "
+            "(if it returns several heads, choose the logits with --output)"
+        )
     if not bool(torch.isfinite(out).all()):
         raise NonFiniteOutputError("model produced NaN or infinite outputs on the first batch")
     warnings: list[str] = []

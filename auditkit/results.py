@@ -17,7 +17,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from auditkit.exceptions import DataError
 from auditkit.io import atomic_write_text
@@ -38,21 +38,65 @@ class Interval:
     confidence: float = 0.95
 
 
+Direction = Literal["higher", "lower", "none"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One gateable number: its name (docs/metrics.md), value, unit, which direction is better
+    (``none``: informational, e.g. a count or an angle) and its interval, when it has one."""
+
+    name: str
+    value: float
+    direction: Direction = "higher"
+    unit: str = "fraction"
+    interval: Interval | None = None
+
+    @classmethod
+    def of(cls, name: str, interval: Interval, direction: Direction = "higher", unit: str = "fraction") -> Metric:
+        """A metric with a confidence interval; its value is the interval's point estimate."""
+        return cls(name, interval.value, direction, unit, interval)
+
+
 @dataclass(frozen=True)
 class CheckResult:
-    """Base of every check's result; subclasses set ``kind`` and implement :meth:`metrics`."""
+    """Base of every check's result. A result presents itself: ``title`` and :meth:`headline` for
+    the report and the CLI, :meth:`metric_records` for the gate and results.json, ``template``
+    (a file under ``auditkit/report/templates/sections/`` or Jinja source) and
+    :meth:`report_context` (plots) for its report section."""
 
     kind: ClassVar[str] = ""
-    registry: ClassVar[dict[str, type[CheckResult]]] = {}
+    title: ClassVar[str] = ""
+    template: ClassVar[str] = ""
+    #: where its section stands in the report: the verdict first, then what hardening changed
+    order: ClassVar[int] = 2
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.kind:
-            CheckResult.registry[cls.kind] = cls
+    @property
+    def anchor(self) -> str:
+        """The report section's HTML id."""
+        return self.kind
+
+    def headline(self) -> str:
+        """One sentence on what the check found."""
+        return ""
+
+    def report_context(self) -> dict[str, Any]:
+        """Extra values (e.g. SVG plots) its report section uses besides ``s.result``."""
+        return {}
+
+    def metric_records(self) -> tuple[Metric, ...]:
+        """The typed, gateable metrics."""
+        raise NotImplementedError
 
     def metrics(self) -> dict[str, float]:
-        """Flat gateable metrics, named as in docs/metrics.md."""
-        raise NotImplementedError
+        """The flat map results.json stores: each value, and ``.ci_low``/``.ci_high`` of intervals."""
+        out: dict[str, float] = {}
+        for m in self.metric_records():
+            out[m.name] = m.value
+            if m.interval is not None:
+                out[f"{m.name}.ci_low"] = m.interval.low
+                out[f"{m.name}.ci_high"] = m.interval.high
+        return out
 
 
 @dataclass(frozen=True)
@@ -82,6 +126,8 @@ class RunManifest:
     timings: tuple[tuple[str, float], ...]
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    class_source: str = ""
+    preprocessing: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,10 +200,13 @@ class RunResults:
                     f"results.json has schema_version {version}; this auditkit reads "
                     f"{SCHEMA_VERSION.split('.')[0]}.x — re-run the audit with this version"
                 )
+            from auditkit import registry
+
             manifest = _decode(RunManifest, doc["manifest"])
             checks = []
+            known = registry.result_types()
             for item in doc["checks"]:
-                result_cls = CheckResult.registry.get(item["kind"])
+                result_cls = known.get(item["kind"])
                 if result_cls is None:
                     raise DataError(f"results.json has an unknown check kind {item['kind']!r}")
                 checks.append(_decode(result_cls, item["result"]))
@@ -177,6 +226,11 @@ class RunResults:
         except OSError as exc:
             raise DataError(f"cannot read results file {path}: {exc.strerror or exc}") from exc
         return cls.from_json(text)
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """``0.953`` -> ``95.3%``; ``n/a`` for a missing or undefined value."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}%"
 
 
 def fmt(value: float) -> str:

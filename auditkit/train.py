@@ -101,6 +101,11 @@ class EpochLog:
     val_pgd: float = math.nan
     val_fgsm: float = math.nan
 
+    def describe(self) -> str:
+        """``loss 0.1234, train acc 95.0%, val clean 94.0%[, val PGD-10 …, val FGSM …]``."""
+        extra = "" if math.isnan(self.val_pgd) else f", val PGD-10 {self.val_pgd:.1%}, val FGSM {self.val_fgsm:.1%}"
+        return f"loss {self.loss:.4f}, train acc {self.accuracy:.1%}, val clean {self.val_clean:.1%}{extra}"
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -157,52 +162,14 @@ def fit(
     logs: list[EpochLog] = []
     best: tuple[float, int, dict[str, Tensor]] | None = None
     gen = torch.Generator().manual_seed(engine.seed)
-    start = 0
     if resume:
-        if checkpoint is None or not checkpoint.is_file():
-            raise ConfigError(f"--resume: no checkpoint at {checkpoint}; run without --resume to start")
-        state = _load_checkpoint(checkpoint)
-        if state.get("key") != key or state.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(
-                f"--resume: {checkpoint} was written for another model, data or training settings; "
-                "use the same command line, or run without --resume to start over"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        logs = [EpochLog(*row) for row in state["logs"]]
-        if state["best_state"] is not None:
-            best = (float(state["best_score"]), int(state["best_epoch"]), state["best_state"])
-        start = len(logs)
-    resumed_from = start
-    rotate = Affine()
+        logs, best = _restore(checkpoint, key, model, opt, sched, gen)
+    resumed_from = start = len(logs)
     overfit: int | None = None
     for epoch in range(start, cfg.epochs):
         perm = torch.randperm(len(data), generator=gen)
         shuffled = dataclasses.replace(data, images=data.images[perm], labels=data.labels[perm], metadata={}, ids=())
-
-        def step(b: Batch) -> tuple[float, int, int]:
-            x = b.x
-            if cfg.rotate > 0:
-                angles = (torch.rand(len(x), generator=gen) * 2 - 1) * cfg.rotate
-                x = rotate(x, rotations(angles).to(x.device))
-            x_train = _adversarial_inputs(model, x, b.y, cfg, gen)
-            model.train()
-            logits = model(x_train)
-            if cfg.method == "trades":
-                natural = model(x)
-                robust = F.kl_div(F.log_softmax(logits, 1), F.softmax(natural, 1), reduction="batchmean")
-                loss = F.cross_entropy(natural, b.y) + cfg.trades_beta * robust
-            else:
-                loss = F.cross_entropy(logits, b.y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            return float(loss.detach()) * len(b.y), int((logits.argmax(1) == b.y).sum()), len(b.y)
-
+        step = _step(model, cfg, opt, sched, gen)
         totals = [0.0, 0, 0]
         desc = f"epoch {epoch + 1}/{cfg.epochs} ({cfg.label})"
         for loss_sum, correct, n in engine.map(step, shuffled, description=desc, grad=True):
@@ -235,6 +202,58 @@ def fit(
         kept = best[1]
     model.eval()
     return TrainResult(logs=tuple(logs), kept_epoch=kept, overfit_epoch=overfit, resumed_from=resumed_from)
+
+
+def _restore(
+    checkpoint: Path | None, key: str, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator
+) -> tuple[list[EpochLog], tuple[float, int, dict[str, Tensor]] | None]:
+    """Load ``checkpoint`` into the model, optimizer, schedule and generators; refuse another run's."""
+    if checkpoint is None or not checkpoint.is_file():
+        raise ConfigError(f"--resume: no checkpoint at {checkpoint}; run without --resume to start")
+    state = _load_checkpoint(checkpoint)
+    if state.get("key") != key or state.get("version") != CHECKPOINT_VERSION:
+        raise ConfigError(
+            f"--resume: {checkpoint} was written for another model, data or training settings; "
+            "use the same command line, or run without --resume to start over"
+        )
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    best = None
+    if state["best_state"] is not None:
+        best = (float(state["best_score"]), int(state["best_epoch"]), state["best_state"])
+    return [EpochLog(*row) for row in state["logs"]], best
+
+
+def _step(
+    model: nn.Module, cfg: TrainConfig, opt: Any, sched: Any, gen: torch.Generator
+) -> Callable[[Batch], tuple[float, int, int]]:
+    """One optimisation step on a batch: ``(loss x B, correct, B)``."""
+    rotate = Affine()
+
+    def step(b: Batch) -> tuple[float, int, int]:
+        x = b.x
+        if cfg.rotate > 0:
+            angles = (torch.rand(len(x), generator=gen) * 2 - 1) * cfg.rotate
+            x = rotate(x, rotations(angles).to(x.device))
+        x_train = _adversarial_inputs(model, x, b.y, cfg, gen)
+        model.train()
+        logits = model(x_train)
+        if cfg.method == "trades":
+            natural = model(x)
+            robust = F.kl_div(F.log_softmax(logits, 1), F.softmax(natural, 1), reduction="batchmean")
+            loss = F.cross_entropy(natural, b.y) + cfg.trades_beta * robust
+        else:
+            loss = F.cross_entropy(logits, b.y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return float(loss.detach()) * len(b.y), int((logits.argmax(1) == b.y).sum()), len(b.y)
+
+    return step
 
 
 def _adversarial_inputs(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, gen: torch.Generator) -> Tensor:

@@ -109,7 +109,7 @@ def test_help_lists_every_command() -> None:
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [
-        (["audit", "m.pt", "digits", "--device", "tpu"], 2, "device must be one of"),
+        (["audit", "m.pt", "digits", "--device", "tpu"], 2, "device: must be one of"),
         (["audit", "m.pt", "digits", "--bogus"], 2, "No such option"),
         (["audit"], 2, "no model given"),
         (["audit", "missing.pt", "digits"], 3, "model file not found"),
@@ -138,6 +138,10 @@ def test_nan_model_exit_3(tmp_path: Path) -> None:
     spec = DIGITS_SPEC.merged(arch="tests.test_cli:nan_net")
     model = save_model(net, spec, tmp_path / "m.safetensors")
     code, out = invoke("audit", str(model), "digits", "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 4 and "tests.test_cli:nan_net" in out, out  # a model.json may not name outside code
+    code, out = invoke(
+        "audit", str(model), "digits", "--arch", "tests.test_cli:nan_net", "--out", str(tmp_path / "o"), "--no-progress"
+    )
     assert code == 3, out
     assert "NaN or infinite" in out
 
@@ -147,12 +151,12 @@ def nan_net(num_classes: int = 10) -> torch.nn.Module:
 
 
 def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_net: torch.nn.Module) -> None:
-    import auditkit.audit
+    import auditkit.api
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(auditkit.audit, "run_audit", interrupted)
+    monkeypatch.setattr(auditkit.api, "run_audit", interrupted)
     model = save_model(tiny_net, DIGITS_SPEC, tmp_path / "m.safetensors")
     code, out = invoke("audit", str(model), "digits")
     assert code == 130 and "interrupted" in out
@@ -190,3 +194,22 @@ def test_report_with_baseline_shows_before_and_after(demo_run: Path, tmp_path: P
     assert "Compared with the baseline" in html
     row = html[html.index("<code>clean.accuracy</code>") :][:300]
     assert "0.5" in row and "+0.459" in row
+
+
+def test_each_command_lists_only_its_own_and_the_shared_options() -> None:
+    own = {
+        "rotate": ("--angles", "--fill", "--k"),
+        "attack": ("--epsilons", "--norm", "--restarts"),
+        "subgroups": ("--group", "--min-support", "--bins"),
+        "saliency": ("--methods", "--layer"),
+        "shortcut": ("--cue-size", "--occlusion"),
+    }
+    shared = ("--class-names", "--resize", "--device", "--out", "--policy", "--config")
+    for command, flags in own.items():
+        code, text = invoke(command, "--help")
+        assert code == 0, text
+        assert all(f in text for f in (*flags, *shared)), (command, text)
+        others = [f for c, fs in own.items() if c != command for f in fs]
+        assert not [f for f in others if f in text.split()], (command, others)
+    code, text = invoke("audit", "--help")
+    assert all(f in text for fs in own.values() for f in fs)

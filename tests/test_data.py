@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from auditkit.data import digits_split, load_dataset
-from auditkit.exceptions import DataError
+from auditkit.exceptions import ConfigError, DataError
 from tests.conftest import write_png
 
 
@@ -26,10 +26,16 @@ def test_manifest_with_metadata(manifest_dir: Path) -> None:
 
 
 def test_manifest_labels_checked_against_model_classes(manifest_dir: Path) -> None:
-    data = load_dataset(manifest_dir / "manifest.csv", class_names=["2", "1", "0"])
-    assert data.labels.tolist()[:3] == [2, 1, 0]
-    with pytest.raises(DataError, match="label '2' is not among the model's classes"):
+    data = load_dataset(manifest_dir / "manifest.csv", class_names=["0", "1", "2"])
+    assert data.labels.tolist()[:3] == [0, 1, 2] and data.class_source == "--class-names"
+    # "0" would be the name at index 2 and the index 0: ambiguous, so refused rather than guessed
+    with pytest.raises(ConfigError, match="label '0' is both the class name at index 2 and the index 0"):
+        load_dataset(manifest_dir / "manifest.csv", class_names=["2", "1", "0"])
+    with pytest.raises(DataError, match=r"label 2 is not a class index in \[0, 2\)"):
         load_dataset(manifest_dir / "manifest.csv", class_names=["0", "1"])
+    with pytest.raises(DataError, match="label 'x' is not among the classes"):
+        (manifest_dir / "x.csv").write_text("path,label\nimgs/0.png,x\n")
+        load_dataset(manifest_dir / "x.csv", class_names=["0", "1"])
 
 
 def test_manifest_missing_columns(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from auditkit.cli import app
 from auditkit.gate import GateResult, Policy, Rule, evaluate, markdown_summary
-from auditkit.results import RunResults, SampleOutcomes
+from auditkit.results import CheckResult, Metric, RunResults, SampleOutcomes
 
 runner = CliRunner()
 
@@ -110,8 +111,7 @@ def test_bad_policy_is_a_usage_error(results: Path, tmp_path: Path, text: str, n
 
 def test_inconclusive_follows_the_policy(results: Path) -> None:
     loaded = RunResults.read(results)
-    metrics = dict(loaded.metrics) | {"subgroups.accuracy[site=B]": float("nan")}
-    nulled = RunResults(manifest=loaded.manifest, checks=loaded.checks, metrics=metrics)
+    nulled = _overriding(loaded, "subgroups.accuracy[site=B]", float("nan"))
     rule = Rule(metric="subgroups.accuracy[site=B]", op=">=", value=0.9)
     lenient = evaluate(nulled, Policy(rules=(rule,)))
     strict = evaluate(nulled, Policy(rules=(rule,), inconclusive_fails=True))
@@ -190,10 +190,26 @@ def test_baseline_on_other_data_is_refused(results: Path, tmp_path: Path) -> Non
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Fixed(CheckResult):
+    """A result with given metric values (the gate reads typed metric records, not the flat map)."""
+
+    kind = "fixed"
+    values: tuple[tuple[str, float], ...]
+
+    def metric_records(self) -> tuple[Metric, ...]:
+        return tuple(Metric(name, value) for name, value in self.values)
+
+
+def _overriding(results: RunResults, name: str, value: float, samples: SampleOutcomes | None = None) -> RunResults:
+    checks = (*results.checks, Fixed(((name, value),)))
+    metrics = dict(results.metrics) | {name: value}
+    return RunResults(manifest=results.manifest, checks=checks, metrics=metrics, samples=samples)
+
+
 def _with_bits(results: RunResults, metric: str, bits: np.ndarray) -> RunResults:
     samples = SampleOutcomes.pack(tuple(str(i) for i in range(len(bits))), {metric: bits})
-    metrics = dict(results.metrics) | {metric: float(bits.mean())}
-    return RunResults(manifest=results.manifest, checks=results.checks, metrics=metrics, samples=samples)
+    return _overriding(results, metric, float(bits.mean()), samples)
 
 
 def test_paired_mcnemar_separates_noise_from_regression(results: Path) -> None:
@@ -261,3 +277,19 @@ def test_rerun_with_another_attack_seed_is_not_flagged(demo_run: Path, tmp_path:
     )
     assert rerun.exit_code == 0, rerun.output
     assert "paired McNemar" in rerun.output
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("cue_size", "8"), ("methods", "'saliency'"), ("amp", "'bf16'"), ("layer", "'features.0'")]
+)
+def test_baseline_with_other_shortcut_saliency_or_amp_settings_is_refused(results: Path, key: str, value: str) -> None:
+    import dataclasses
+
+    from auditkit.exceptions import DataError
+
+    loaded = RunResults.read(results)
+    config = tuple((k, value if k == key else v) for k, v in loaded.manifest.config)
+    other = dataclasses.replace(loaded, manifest=dataclasses.replace(loaded.manifest, config=config))
+    policy = Policy(rules=(), baseline_metrics=("clean.accuracy",))
+    with pytest.raises(DataError, match=f"different configuration \\({key}:"):
+        evaluate(loaded, policy, other)

@@ -169,9 +169,9 @@ def test_harden_without_eval_data_holds_out_a_split(demo_run: Path, tmp_path: Pa
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--method", "mixup"], "--method must be one of"),
+        (["--method", "mixup"], "method: Input should be 'pgd', 'fgsm', 'trades' or 'standard'"),
         (["--resume"], "no checkpoint"),
-        (["--val-fraction", "0.7"], "--val-fraction must be in"),
+        (["--val-fraction", "0.7"], "val_fraction: Input should be less than or equal to 0.5"),
     ],
 )
 def test_harden_bad_input_is_one_line_and_exit_2(

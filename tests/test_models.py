@@ -68,7 +68,9 @@ def test_torchvision_architecture_state_dict(tmp_path: Path) -> None:
     path = tmp_path / "r18.pt"
     torch.save(net.state_dict(), path)
     spec = ModelSpec(arch="torchvision:resnet18", num_classes=3, input_size=(32, 32), channels=3)
-    loaded = load_model(path, spec=spec)
+    with pytest.raises(ConfigError, match="--mean/--std"):  # a zoo architecture without normalisation
+        load_model(path, spec=spec)
+    loaded = load_model(path, spec=dataclasses.replace(spec, mean=(0.0,), std=(1.0,)))
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(outputs_of(loaded.model, x), net(x))
@@ -178,3 +180,105 @@ def test_wrapper_folds_preprocessing() -> None:
     out = model(torch.full((1, 1, 16, 16), 0.75))
     assert out.shape == (1, 3, 8, 8)
     torch.testing.assert_close(out, torch.ones(1, 3, 8, 8))
+
+
+def test_output_contract_refuses_ambiguous_outputs_and_selects_named_ones() -> None:
+    from auditkit.exceptions import ModelError
+    from auditkit.models import select_output
+
+    boxes, logits = torch.zeros(2, 4), torch.ones(2, 10)
+    assert select_output(logits, None) is logits
+    assert select_output((boxes, logits), "1") is logits
+    assert select_output([boxes, logits], "1") is logits
+    assert select_output({"boxes": boxes, "logits": logits}, "logits") is logits
+    cases = [
+        ((boxes, logits), None, r"tuple of 2 outputs \(0: \(2, 4\); 1: \(2, 10\)\).*--output INDEX"),
+        ((boxes, logits), "2", r"--output '2' is not an index in \[0, 2\)"),
+        ({"boxes": boxes, "logits": logits}, None, r"dict \('boxes': \(2, 4\), 'logits': \(2, 10\)\).*--output KEY"),
+        ({"boxes": boxes}, "logits", "--output 'logits' is not a key"),
+        (logits, "0", "returns one tensor"),
+        ((boxes, "x"), "1", "selects a str"),
+        ("logits", None, "expected one"),
+    ]
+    for out, output, message in cases:
+        with pytest.raises(ModelError, match=message):
+            select_output(out, output)
+
+
+EVIL_ARCHES = [
+    ("os:system", {"command": "touch {marker}"}),
+    ("builtins:exec", {"source": "open('{marker}', 'w').close()"}),
+    ("subprocess:run", {"args": "touch {marker}"}),
+    ("evil_import_side_effect:make", {}),
+    ("auditkit.zoo:nn", {}),
+]
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), EVIL_ARCHES, ids=[a for a, _ in EVIL_ARCHES])
+def test_spec_file_cannot_name_code_outside_builtin_namespaces(
+    tmp_path: Path, tiny_net: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, arch: str, kwargs: dict[str, str]
+) -> None:
+    import json
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil_import_side_effect.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef make(**kw):\n    return None\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = save_model(tiny_net, DIGITS_SPEC, tmp_path / "m" / "model.safetensors")
+    doc = json.loads(model.with_suffix(".json").read_text())
+    doc["arch"] = arch
+    doc["arch_kwargs"] = {k: v.format(marker=marker) for k, v in kwargs.items()}
+    model.with_suffix(".json").write_text(json.dumps(doc))
+    result = CliRunner().invoke(
+        app, ["rotate", str(model), "digits", "--limit", "8", "--no-progress", "--out", str(tmp_path / "out")]
+    )
+    if arch == "auditkit.zoo:nn":  # inside a built-in namespace, but not an architecture: refused when built
+        assert result.exit_code == 2 and "has no architecture 'nn'" in result.output, result.output
+    else:
+        assert result.exit_code == 4, result.output
+        assert "--trust-model" in result.output and "Traceback" not in result.output
+    assert not marker.exists()
+    # typed by the user with --arch it is the user's own choice, but still must build an nn.Module
+    if arch in ("os:system", "subprocess:run", "auditkit.zoo:nn"):
+        result = CliRunner().invoke(
+            app,
+            [
+                "rotate",
+                str(model),
+                "digits",
+                "--arch",
+                arch,
+                "--limit",
+                "8",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "out"),
+            ],
+        )
+        assert result.exit_code == 2, result.output
+        assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"pretrained": True}, {"weights": "IMAGENET1K_V1"}, {"init": "https://x/y.pt"}, {"layers": [1, 2]}]
+)
+def test_spec_file_kwargs_must_be_plain_and_download_nothing(tmp_path: Path, kwargs: dict[str, object]) -> None:
+    import json
+
+    net = torchvision.models.resnet18(num_classes=3)
+    path = tmp_path / "r18.safetensors"
+    save_model(net, ModelSpec(arch="torchvision:resnet18", num_classes=3, mean=(0.5,), std=(0.5,)), path)
+    doc = json.loads(path.with_suffix(".json").read_text())
+    doc["arch_kwargs"] = kwargs
+    path.with_suffix(".json").write_text(json.dumps(doc))
+    with pytest.raises(UntrustedModelError, match="arch_kwargs"):
+        load_model(path)
+
+
+def test_pickle_disguised_as_safetensors_is_refused_as_untrusted(tmp_path: Path, tiny_net: torch.nn.Module) -> None:
+    for name, legacy in (("legacy.safetensors", True), ("zip.safetensors", False)):
+        path = tmp_path / name
+        torch.save(tiny_net.state_dict(), path, _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(UntrustedModelError, match=r"named \.safetensors but holds a pickle"):
+            load_model(path, spec=DIGITS_SPEC)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
+from pydantic import field_validator, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -23,7 +26,8 @@ from auditkit.engine import Batch, Engine, Outcome
 from auditkit.exceptions import ConfigError
 from auditkit.images import to_data_uri
 from auditkit.metrics import wilson_interval
-from auditkit.results import CheckResult, Interval, fmt
+from auditkit.results import CheckResult, Interval, Metric, fmt, pct
+from auditkit.settings import Settings, join_list, setting
 
 DEFAULT_EPSILONS: dict[str, tuple[float, ...]] = {
     "linf": (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255),
@@ -99,23 +103,86 @@ class AttackResult(CheckResult):
     examples: tuple[AdversarialExample, ...]
     class_names: tuple[str, ...]
 
-    def metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for p in self.curve:
-            key = f"attack.robust_accuracy[norm={self.norm},eps={fmt(p.eps)}]"
-            out[key] = p.robust.value
-            out[key + ".ci_low"] = p.robust.low
-            out[key + ".ci_high"] = p.robust.high
-        for s in self.soundness:
-            out[f"attack.soundness[check={s.name}]"] = 1.0 if s.passed else 0.0
-        out["attack.soundness_warnings"] = float(sum(not s.passed for s in self.soundness))
-        return out
+    title = "Adversarial robustness"
+    template = "attack.html.j2"
+
+    def headline(self) -> str:
+        last = self.curve[-1]
+        warns = sum(not s.passed for s in self.soundness)
+        sound = "all soundness checks pass" if not warns else f"{warns} soundness warning(s)"
+        return f"{pct(last.robust.value)} robust accuracy under {self.attack} at eps {last.eps:.4g}; {sound}"
+
+    def report_context(self) -> dict[str, Any]:
+        from auditkit.report import plots
+
+        return {"curve_svg": plots.svg(plots.attack_curve(self))}
+
+    def metric_records(self) -> tuple[Metric, ...]:
+        out = [Metric.of(f"attack.robust_accuracy[norm={self.norm},eps={fmt(p.eps)}]", p.robust) for p in self.curve]
+        out += [Metric(f"attack.soundness[check={s.name}]", float(s.passed), unit="flag") for s in self.soundness]
+        warnings = float(sum(not s.passed for s in self.soundness))
+        out.append(Metric("attack.soundness_warnings", warnings, "lower", "checks"))
+        return tuple(out)
+
+
+class AttackSettings(Settings):
+    """Settings of the adversarial attack check (``[attack]`` in auditkit.toml)."""
+
+    section: ClassVar[str] = "attack"
+
+    attack: str = setting("pgd", "pgd, fgsm or foolbox:<AttackName> (e.g. foolbox:L2DeepFoolAttack).")
+    norm: Norm = setting("linf", "linf or l2.")
+    epsilons: str | None = setting(
+        None, "Epsilons in [0,1] pixel units: a list or start:stop:step. [default: linf 0,1/255..16/255]"
+    )
+    steps: int = setting(20, "PGD steps.", ge=1)
+    rel_step: float | None = setting(None, "Step size as a multiple of epsilon. [default: 2.5/steps]", gt=0)
+    restarts: int = setting(1, "Random restarts; the per-sample worst case is kept.", ge=1)
+    random_start: bool = setting(True, "Start PGD at a random point in the ball.")
+    targeted: bool = setting(
+        False, "Targeted attack (each image towards the next class).", flag="--targeted/--untargeted"
+    )
+
+    _lists = field_validator("epsilons", mode="before")(join_list)
+
+    @field_validator("attack")
+    @classmethod
+    def _attack(cls, value: str) -> str:
+        if value not in ("pgd", "fgsm") and not value.startswith("foolbox:"):
+            raise ValueError(f"must be pgd, fgsm or foolbox:<AttackName>, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _epsilons(self) -> AttackSettings:
+        parse_epsilons(self.epsilons, self.norm)
+        return self
 
 
 class AdversarialAttack(Check):
     """FGSM/PGD (or a foolbox attack) over a list of epsilons, plus soundness checks."""
 
     name = "attack"
+    settings_type = AttackSettings
+    result_type = AttackResult
+    command = "attack"
+    help = (
+        "FGSM/PGD (Linf, L2) robust-accuracy curve over epsilons, or any foolbox attack, with soundness checks "
+        "that flag gradient masking; writes results.json and index.html."
+    )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AdversarialAttack:
+        s = AttackSettings.model_validate(settings)
+        return cls(
+            attack=s.attack,
+            norm=s.norm,
+            epsilons=parse_epsilons(s.epsilons, s.norm),
+            steps=s.steps,
+            rel_step=s.rel_step,
+            restarts=s.restarts,
+            random_start=s.random_start,
+            targeted=s.targeted,
+        )
 
     def __init__(
         self,
@@ -252,134 +319,88 @@ class AdversarialAttack(Check):
     def _soundness(
         self, model: nn.Module, data: ImageDataset, engine: Engine, curve: list[CurvePoint]
     ) -> tuple[Soundness, ...]:
+        """The nine soundness checks on up to ``sanity_samples`` correctly classified images.
+
+        Every pass runs through :meth:`Engine.map` (batched, resumable, sharded); the per-sample
+        outputs of the batches are concatenated and reduced here.
+        """
         clean = engine.predict(model, data)
         idx = torch.nonzero(clean.correct).flatten()[: self.sanity_samples]
         sub = data.take(idx)
-        x = engine.batch(sub, 0, len(sub)).x
-        y = sub.labels.to(engine.device)
-        checks: list[Soundness] = []
+        probes = _concat(engine.map(lambda b: _probe(model, b), sub, description="soundness probes", grad=True), 5)
+        mono = all(b <= a + 1e-12 for a, b in itertools.pairwise(p.robust.value for p in curve))
+        checks = _model_checks(clean.pred[idx], mono, *probes)
         eps = max(self.epsilons)
-        accs = [p.robust.value for p in curve]
-
-        with torch.no_grad():
-            first, second = model(x), model(x)
-        same = torch.equal(first.argmax(1).cpu(), clean.pred[idx])
-        checks.append(
-            Soundness(
-                "eps0_matches_clean",
-                same,
-                1.0 if same else 0.0,
-                "Epsilon 0 must reproduce the clean predictions exactly; if not, the forward pass is not "
-                "repeatable and every robust accuracy below is suspect.",
+        if len(sub) and eps > 0:
+            large = 0.5 if self.pgd.norm == "linf" else 0.5 * math.sqrt(math.prod(sub.images.shape[1:]))
+            flags = _concat(
+                engine.map(
+                    lambda b: self._attack_probe(model, b, eps, large, data.num_classes),
+                    sub,
+                    description="soundness attacks",
+                    grad=True,
+                ),
+                4,
             )
-        )
-        mono = all(b <= a + 1e-12 for a, b in itertools.pairwise(accs))
-        checks.append(
-            Soundness(
-                "monotone_in_eps",
-                mono,
-                1.0 if mono else 0.0,
-                "Robust accuracy can only fall as epsilon grows (a larger ball contains the smaller one).",
-            )
-        )
-        drift = float((first - second).abs().max()) if len(x) else 0.0
-        checks.append(
-            Soundness(
-                "deterministic_forward",
-                drift <= 1e-5,
-                drift,
-                "Two forward passes on the same images must agree. A difference means dropout left on or "
-                "a randomised defence, which makes gradients noisy and robustness look better than it is.",
-            )
-        )
-        rows = first.float().sum(dim=1)
-        probs = bool(((first >= 0) & (first <= 1)).all()) and bool(
-            torch.allclose(rows, torch.ones_like(rows), atol=1e-3)
-        )
-        checks.append(
-            Soundness(
-                "outputs_are_logits",
-                not probs,
-                1.0 if probs else 0.0,
-                "Attacks need logits; outputs that already are probabilities (a final softmax) flatten the "
-                "loss and weaken gradient attacks.",
-            )
-        )
-        with torch.enable_grad():
-            xg = x.clone().requires_grad_(True)
-            loss = F.cross_entropy(model(xg), y, reduction="none")
-            finite = bool(torch.isfinite(loss).all())
-            (grad,) = torch.autograd.grad(loss.sum(), xg)
-        zero = float((grad.flatten(1).abs().amax(dim=1) == 0).float().mean()) if len(x) else 0.0
-        checks.append(
-            Soundness(
-                "finite_loss",
-                finite,
-                1.0 if finite else 0.0,
-                "The loss must be finite on clean images; NaN/inf losses make gradient steps meaningless.",
-            )
-        )
-        checks.append(
-            Soundness(
-                "nonzero_gradients",
-                zero <= 0.01,
-                zero,
-                "Share of images whose input gradient is exactly zero (saturated softmax, quantised input, "
-                "non-differentiable layers). Zero gradients hide adversarial examples: gradient masking.",
-            )
-        )
-        if len(x) and eps > 0:
-            gen = torch.Generator().manual_seed(engine.seed + 7)
-            with torch.enable_grad():
-                _, s_pgd = self.pgd(model, x, y, eps, target=(y + 1) % data.num_classes, generator=gen)
-                _, s_fgsm = PGD.fgsm(norm=self.pgd.norm, targeted=self.pgd.targeted)(
-                    model, x, y, eps, target=(y + 1) % data.num_classes
-                )
-                stronger = PGD(
-                    norm=self.pgd.norm,
-                    steps=2 * self.pgd.steps,
-                    rel_step=self.pgd.rel_step,
-                    restarts=self.pgd.restarts + 1,
-                    targeted=self.pgd.targeted,
-                )
-                _, s_strong = stronger(model, x, y, eps, target=(y + 1) % data.num_classes, generator=gen)
-                large = 0.5 if self.pgd.norm == "linf" else 0.5 * math.sqrt(x[0].numel())
-                _, s_large = PGD(norm=self.pgd.norm, steps=max(20, self.pgd.steps))(model, x, y, large, generator=gen)
-            weaker = int((s_fgsm & ~s_pgd).sum())
-            checks.append(
-                Soundness(
-                    "pgd_beats_fgsm",
-                    weaker == 0,
-                    float(weaker),
-                    f"Samples FGSM breaks but PGD does not at eps {eps:.4g}. PGD takes many steps and should "
-                    "find everything FGSM finds; if not, the loss surface is being masked.",
-                )
-            )
-            base, strong = 1 - float(s_pgd.float().mean()), 1 - float(s_strong.float().mean())
-            tol = max(0.02, 1.0 / len(x))
-            checks.append(
-                Soundness(
-                    "converged",
-                    strong >= base - tol,
-                    base - strong,
-                    f"Doubling the steps and adding a restart lowered robust accuracy by {100 * (base - strong):.1f} "
-                    "points on a subsample; more than 2 points means the attack had not converged and the "
-                    "curve overstates robustness.",
-                )
-            )
-            chance = 1.0 / data.num_classes
-            left = 1 - float(s_large.float().mean())
-            checks.append(
-                Soundness(
-                    "large_eps_reaches_chance",
-                    left <= chance + 0.05,
-                    left,
-                    f"At a huge epsilon ({'Linf' if self.pgd.norm == 'linf' else 'L2'} {large:.3g}) any image can be "
-                    f"turned into any other, so accuracy must fall to chance ({100 * chance:.0f}%) or below. "
-                    "If it does not, gradient masking is suspected.",
-                )
-            )
+            checks += self._attack_checks(eps, large, data.num_classes, flags)
         return tuple(checks)
+
+    def _attack_probe(
+        self, model: nn.Module, b: Batch, eps: float, large: float, num_classes: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Success flags ``(B,)`` bool on the CPU of four attacks on one batch: the configured one
+        and FGSM at ``eps``, a stronger PGD (twice the steps, one more restart) at ``eps`` and an
+        untargeted PGD at the huge epsilon ``large``. Random starts draw from the batch's generator.
+        """
+        gen = b.generator()
+        target = (b.y + 1) % num_classes
+        _, s_pgd = self.pgd(model, b.x, b.y, eps, target=target, generator=gen)
+        _, s_fgsm = PGD.fgsm(norm=self.pgd.norm, targeted=self.pgd.targeted)(model, b.x, b.y, eps, target=target)
+        stronger = PGD(
+            norm=self.pgd.norm,
+            steps=2 * self.pgd.steps,
+            rel_step=self.pgd.rel_step,
+            restarts=self.pgd.restarts + 1,
+            targeted=self.pgd.targeted,
+        )
+        _, s_strong = stronger(model, b.x, b.y, eps, target=target, generator=gen)
+        _, s_large = PGD(norm=self.pgd.norm, steps=max(20, self.pgd.steps))(model, b.x, b.y, large, generator=gen)
+        return s_pgd.cpu(), s_fgsm.cpu(), s_strong.cpu(), s_large.cpu()
+
+    def _attack_checks(self, eps: float, large: float, num_classes: int, flags: list[Tensor]) -> list[Soundness]:
+        """``pgd_beats_fgsm``, ``converged`` and ``large_eps_reaches_chance`` from the four ``(M,)``
+        success flags of :meth:`_attack_probe`."""
+        s_pgd, s_fgsm, s_strong, s_large = flags
+        weaker = int((s_fgsm & ~s_pgd).sum())
+        base, strong = 1 - float(s_pgd.float().mean()), 1 - float(s_strong.float().mean())
+        tol = max(0.02, 1.0 / len(s_pgd))
+        chance = 1.0 / num_classes
+        left = 1 - float(s_large.float().mean())
+        return [
+            Soundness(
+                "pgd_beats_fgsm",
+                weaker == 0,
+                float(weaker),
+                f"Samples FGSM breaks but PGD does not at eps {eps:.4g}. PGD takes many steps and should "
+                "find everything FGSM finds; if not, the loss surface is being masked.",
+            ),
+            Soundness(
+                "converged",
+                strong >= base - tol,
+                base - strong,
+                f"Doubling the steps and adding a restart lowered robust accuracy by {100 * (base - strong):.1f} "
+                "points on a subsample; more than 2 points means the attack had not converged and the "
+                "curve overstates robustness.",
+            ),
+            Soundness(
+                "large_eps_reaches_chance",
+                left <= chance + 0.05,
+                left,
+                f"At a huge epsilon ({'Linf' if self.pgd.norm == 'linf' else 'L2'} {large:.3g}) any image can be "
+                f"turned into any other, so accuracy must fall to chance ({100 * chance:.0f}%) or below. "
+                "If it does not, gradient masking is suspected.",
+            ),
+        ]
 
     # ---------------------------------------------------------------- gallery
     def _gallery(
@@ -428,6 +449,89 @@ class AdversarialAttack(Check):
                 )
             )
         return tuple(out)
+
+
+def _probe(model: nn.Module, b: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-sample probes of one batch ``x`` ``(B, C, H, W)``, each ``(B,)`` on the CPU: the predicted
+    class, the largest logit drift between two identical forward passes, whether the outputs look
+    like probabilities (all in ``[0, 1]``, summing to 1), whether the loss is finite and whether the
+    input gradient of the loss is exactly zero. Needs grad enabled.
+    """
+    with torch.no_grad():
+        first, second = model(b.x), model(b.x)
+    drift = (first - second).abs().flatten(1).amax(dim=1).float()
+    rows = first.float().sum(dim=1)
+    in_range = ((first >= 0) & (first <= 1)).flatten(1).all(dim=1)
+    looks_prob = in_range & torch.isclose(rows, torch.ones_like(rows), atol=1e-3)
+    xg = b.x.clone().requires_grad_(True)
+    loss = F.cross_entropy(model(xg), b.y, reduction="none")
+    (grad,) = torch.autograd.grad(loss.sum(), xg)
+    zero = grad.flatten(1).abs().amax(dim=1) == 0
+    return first.argmax(1).cpu(), drift.cpu(), looks_prob.cpu(), torch.isfinite(loss).cpu(), zero.cpu()
+
+
+def _concat(outputs: Iterable[tuple[Tensor, ...]], width: int) -> list[Tensor]:
+    """Per-batch tuples of ``width`` tensors ``(B, ...)`` -> ``width`` tensors ``(M, ...)`` in batch order
+    (empty float tensors when there were no batches)."""
+    columns: list[list[Tensor]] = [[] for _ in range(width)]
+    for out in outputs:
+        for column, t in zip(columns, out, strict=True):
+            column.append(t)
+    return [torch.cat(c) if c else torch.empty(0) for c in columns]
+
+
+def _model_checks(
+    pred: Tensor, mono: bool, argmax: Tensor, drift: Tensor, looks_prob: Tensor, finite: Tensor, zero_grad: Tensor
+) -> list[Soundness]:
+    """The six checks that need no attack, from the clean predictions ``pred`` ``(M,)``, whether the
+    curve is monotone and the ``(M,)`` probes of :func:`_probe`."""
+    same = bool((argmax == pred).all())
+    max_drift = float(drift.max()) if len(drift) else 0.0
+    probs = bool(looks_prob.all())
+    ok_loss = bool(finite.all())
+    zero = float(zero_grad.float().mean()) if len(zero_grad) else 0.0
+    return [
+        Soundness(
+            "eps0_matches_clean",
+            same,
+            1.0 if same else 0.0,
+            "Epsilon 0 must reproduce the clean predictions exactly; if not, the forward pass is not "
+            "repeatable and every robust accuracy below is suspect.",
+        ),
+        Soundness(
+            "monotone_in_eps",
+            mono,
+            1.0 if mono else 0.0,
+            "Robust accuracy can only fall as epsilon grows (a larger ball contains the smaller one).",
+        ),
+        Soundness(
+            "deterministic_forward",
+            max_drift <= 1e-5,
+            max_drift,
+            "Two forward passes on the same images must agree. A difference means dropout left on or "
+            "a randomised defence, which makes gradients noisy and robustness look better than it is.",
+        ),
+        Soundness(
+            "outputs_are_logits",
+            not probs,
+            1.0 if probs else 0.0,
+            "Attacks need logits; outputs that already are probabilities (a final softmax) flatten the "
+            "loss and weaken gradient attacks.",
+        ),
+        Soundness(
+            "finite_loss",
+            ok_loss,
+            1.0 if ok_loss else 0.0,
+            "The loss must be finite on clean images; NaN/inf losses make gradient steps meaningless.",
+        ),
+        Soundness(
+            "nonzero_gradients",
+            zero <= 0.01,
+            zero,
+            "Share of images whose input gradient is exactly zero (saturated softmax, quantised input, "
+            "non-differentiable layers). Zero gradients hide adversarial examples: gradient masking.",
+        ),
+    ]
 
 
 def _u8(x: Tensor) -> Tensor:

@@ -4,19 +4,41 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, final
+from typing import Any, ClassVar, final
 
 from torch import nn
 
 from auditkit.data import ImageDataset
 from auditkit.engine import Engine, eval_mode
-from auditkit.results import CheckResult
+from auditkit.results import CheckResult, Metric
+from auditkit.settings import Settings
+
+
+class NoSettings(Settings):
+    """A check without settings of its own."""
 
 
 class Check(ABC):
-    """One audit check. Subclasses store keyword-only settings and implement :meth:`_run`."""
+    """One audit check. Subclasses store keyword-only settings and implement :meth:`_run`.
+
+    The class attributes are what the registry, the CLI and the report need: ``settings_type``
+    declares the settings once; ``command`` (a CLI command running the clean pass and this
+    check) with its ``help``; ``result_type`` decodes results.json.
+    """
 
     name: ClassVar[str]
+    settings_type: ClassVar[type[Settings]] = NoSettings
+    result_type: ClassVar[type[CheckResult]]
+    command: ClassVar[str | None] = None
+    help: ClassVar[str] = ""
+    #: runs after the others (it reads the per-sample outcomes they publish)
+    runs_last: ClassVar[bool] = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Check:
+        """The check configured by its validated settings (field names are constructor keywords)."""
+        kwargs: dict[str, Any] = settings.model_dump()
+        return cls(**kwargs)
 
     @final
     def run(self, model: nn.Module, data: ImageDataset, *, engine: Engine) -> CheckResult:
@@ -38,5 +60,15 @@ class CheckFailure(CheckResult):
     check: str
     error: str
 
-    def metrics(self) -> dict[str, float]:
-        return {f"{self.check}.crashed": 1.0}
+    title = "Check that crashed"
+    template = "failure.html.j2"
+
+    @property
+    def anchor(self) -> str:
+        return f"{self.kind}-{self.check}"
+
+    def headline(self) -> str:
+        return f"CRASHED — {self.check}: {self.error[:120]}"
+
+    def metric_records(self) -> tuple[Metric, ...]:
+        return (Metric(f"{self.check}.crashed", 1.0, "lower", "flag"),)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from auditkit.data import ImageDataset
 from auditkit.engine import Engine
 from auditkit.images import to_data_uri
 from auditkit.metrics import ConfusionAccumulator, wilson_interval
-from auditkit.results import CheckResult, Interval
+from auditkit.results import CheckResult, Interval, Metric, pct
 
 
 @dataclass(frozen=True)
@@ -51,18 +52,40 @@ class CleanResult(CheckResult):
     confusion: tuple[tuple[int, ...], ...]
     errors: tuple[Example, ...]
 
-    def metrics(self) -> dict[str, float]:
-        out = {
-            "clean.accuracy": self.accuracy.value,
-            "clean.accuracy.ci_low": self.accuracy.low,
-            "clean.accuracy.ci_high": self.accuracy.high,
-            "clean.error_rate": 1.0 - self.accuracy.value,
-            "clean.balanced_accuracy": self.balanced_accuracy,
-            "clean.n": float(self.accuracy.n),
+    def top_confusions(self, k: int = 8) -> tuple[tuple[str, str, int, float], ...]:
+        """The ``k`` most frequent mistakes from the confusion matrix: ``(true, predicted, count,
+        share of the true class's images)``, most frequent first (ties: matrix order)."""
+        cells = [
+            (count, i, j) for i, row in enumerate(self.confusion) for j, count in enumerate(row) if i != j and count > 0
+        ]
+        cells.sort(key=lambda c: -c[0])
+        support = [sum(row) for row in self.confusion]
+        return tuple((self.class_names[i], self.class_names[j], count, count / support[i]) for count, i, j in cells[:k])
+
+    title = "Clean accuracy"
+    template = "clean.html.j2"
+
+    def headline(self) -> str:
+        a = self.accuracy
+        return f"{pct(a.value)} accuracy (95% CI {pct(a.low)}–{pct(a.high)}) on {a.n} images"
+
+    def report_context(self) -> dict[str, Any]:
+        from auditkit.report import plots
+
+        return {
+            "per_class_svg": plots.svg(plots.per_class_accuracy(self)),
+            "confusion_svg": plots.svg(plots.confusion_matrix(self)),
         }
-        for c in self.per_class:
-            out[f"clean.accuracy[class={c.name}]"] = c.accuracy.value
-        return out
+
+    def metric_records(self) -> tuple[Metric, ...]:
+        records = [
+            Metric.of("clean.accuracy", self.accuracy),
+            Metric("clean.error_rate", 1.0 - self.accuracy.value, "lower"),
+            Metric("clean.balanced_accuracy", self.balanced_accuracy),
+            Metric("clean.n", float(self.accuracy.n), "none", "images"),
+        ]
+        records += [Metric(f"clean.accuracy[class={c.name}]", c.accuracy.value) for c in self.per_class]
+        return tuple(records)
 
 
 def summarize_confusion(
@@ -91,6 +114,7 @@ class CleanAccuracy(Check):
     """Clean accuracy from the engine's shared clean pass (no extra forward pass)."""
 
     name = "clean"
+    result_type = CleanResult
 
     def __init__(self, *, max_examples: int = 16) -> None:
         self.max_examples = max_examples

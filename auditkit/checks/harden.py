@@ -7,8 +7,9 @@ module holds only the typed result, so the report can render it without importin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from auditkit.results import CheckResult
+from auditkit.results import CheckResult, Metric, fmt, pct
 from auditkit.train import EpochLog
 
 
@@ -42,10 +43,42 @@ class HardenResult(CheckResult):
     after_rotation: tuple[tuple[float, float], ...]
     deltas: tuple[tuple[str, float, float, float], ...]
 
-    def metrics(self) -> dict[str, float]:
-        out = {f"harden.change[{name}]": delta for name, _, _, delta in self.deltas}
-        out["harden.catastrophic_overfitting"] = 0.0 if self.overfit_epoch is None else 1.0
+    title = "Hardening: before vs after"
+    order = 1
+    template = "harden.html.j2"
+
+    def headline(self) -> str:
+        parts = [f"{self.label}, kept epoch {self.kept_epoch}"]
+        if self.overfit_epoch is not None:
+            parts.append(f"catastrophic overfitting at epoch {self.overfit_epoch}")
+        for name, old, new, _ in self.deltas:
+            if name == "clean.accuracy" or name.startswith(("attack.robust_accuracy", "rotation.mean_accuracy")):
+                if name.startswith("attack.robust_accuracy") and f"eps={fmt(self.eps)}]" not in name:
+                    continue
+                parts.append(f"{name} {pct(old)} → {pct(new)}")
+        return "; ".join(parts)
+
+    def report_context(self) -> dict[str, Any]:
+        from auditkit.report import plots
+
+        out: dict[str, Any] = {"training_svg": plots.svg(plots.harden_training(self)), "attack_svg": ""}
+        out["rotation_svg"] = ""
+        if self.after_attack:
+            label = f"epsilon ({self.norm}, [0, 1] pixel units)"
+            curve = plots.before_after(self.before_attack, self.after_attack, xlabel=label, ylabel="robust acc.")
+            out["attack_svg"] = plots.svg(curve)
+        if self.after_rotation:
+            label = "rotation angle (degrees)"
+            curve = plots.before_after(self.before_rotation, self.after_rotation, xlabel=label, ylabel="acc.")
+            out["rotation_svg"] = plots.svg(curve)
         return out
+
+    def metric_records(self) -> tuple[Metric, ...]:
+        out = [Metric(f"harden.change[{name}]", delta, unit="points") for name, _, _, delta in self.deltas]
+        out.append(
+            Metric("harden.catastrophic_overfitting", 0.0 if self.overfit_epoch is None else 1.0, "lower", "flag")
+        )
+        return tuple(out)
 
     def delta(self, metric: str) -> float:
         """``after - before`` for ``metric`` (``nan`` when either run lacks it)."""

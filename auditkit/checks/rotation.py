@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import field_validator
 from torch import Tensor, nn
 
 from auditkit.checks.base import Check
@@ -21,7 +23,8 @@ from auditkit.exceptions import ConfigError
 from auditkit.images import to_data_uri
 from auditkit.metrics import mean_interval, wilson_interval
 from auditkit.perturb import FILLS, INTERPOLATIONS, Affine, Fill, Interpolation, rotations, spatial_grid
-from auditkit.results import CheckResult, Interval, fmt
+from auditkit.results import CheckResult, Interval, Metric, fmt, pct
+from auditkit.settings import Settings, join_list, setting
 
 DEFAULT_ANGLES: tuple[float, ...] = tuple(float(a) for a in range(-180, 181, 10))
 MAX_CLASS_METRICS = 100  # per-class-per-angle metrics only for up to this many classes
@@ -124,32 +127,46 @@ class RotationResult(CheckResult):
     spatial: SpatialAttack | None
     examples: tuple[RotationStrip, ...]
 
-    def metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {}
+    title = "Rotation robustness"
+    template = "rotation.html.j2"
+
+    def headline(self) -> str:
+        text = (
+            f"{pct(self.mean_accuracy.value)} mean accuracy within ±{self.mean_range:g}°; "
+            f"worst {pct(self.worst_accuracy)} at {self.worst_angle:g}°"
+        )
+        if self.spatial is not None:
+            text += f"; spatial attack (grid) leaves {pct(self.spatial.grid.value)}"
+        return text
+
+    def report_context(self) -> dict[str, Any]:
+        from auditkit.report import plots
+
+        return {
+            "curve_svg": plots.svg(plots.rotation_curve(self)),
+            "per_class_svg": plots.svg(plots.rotation_per_class(self)),
+        }
+
+    def metric_records(self) -> tuple[Metric, ...]:
+        out: list[Metric] = []
         for p in self.points:
             a = fmt(p.angle)
-            out[f"rotation.accuracy[angle={a}]"] = p.accuracy.value
-            out[f"rotation.accuracy[angle={a}].ci_low"] = p.accuracy.low
-            out[f"rotation.accuracy[angle={a}].ci_high"] = p.accuracy.high
+            out.append(Metric.of(f"rotation.accuracy[angle={a}]", p.accuracy))
             for name, ci in zip(self.class_names, p.per_class, strict=True):
                 if ci.n and len(self.class_names) <= MAX_CLASS_METRICS:
-                    out[f"rotation.accuracy[angle={a},class={name}]"] = ci.value
-        r = fmt(self.mean_range)
-        out[f"rotation.mean_accuracy[range={r}]"] = self.mean_accuracy.value
-        out[f"rotation.mean_accuracy[range={r}].ci_low"] = self.mean_accuracy.low
-        out[f"rotation.mean_accuracy[range={r}].ci_high"] = self.mean_accuracy.high
-        out["rotation.worst_accuracy"] = self.worst_accuracy
-        out["rotation.worst_angle"] = self.worst_angle
-        out[f"rotation.first_angle_below[fraction={fmt(self.fraction_of_clean)}]"] = abs(self.first_below_angle)
+                    out.append(Metric(f"rotation.accuracy[angle={a},class={name}]", ci.value))
+        out.append(Metric.of(f"rotation.mean_accuracy[range={fmt(self.mean_range)}]", self.mean_accuracy))
+        out.append(Metric("rotation.worst_accuracy", self.worst_accuracy))
+        out.append(Metric("rotation.worst_angle", self.worst_angle, "none", "degrees"))
+        below = f"rotation.first_angle_below[fraction={fmt(self.fraction_of_clean)}]"
+        out.append(Metric(below, abs(self.first_below_angle), "higher", "degrees"))
         if self.spatial is not None:
             s = self.spatial
-            out["spatial.accuracy[attack=natural]"] = s.natural.value
-            out["spatial.accuracy[attack=random]"] = s.random.value
-            out[f"spatial.accuracy[attack=worst_of_{s.k}]"] = s.worst_of_k.value
-            out["spatial.accuracy[attack=grid]"] = s.grid.value
-            out["spatial.accuracy[attack=grid].ci_low"] = s.grid.low
-            out["spatial.accuracy[attack=grid].ci_high"] = s.grid.high
-        return out
+            out.append(Metric("spatial.accuracy[attack=natural]", s.natural.value))
+            out.append(Metric("spatial.accuracy[attack=random]", s.random.value))
+            out.append(Metric(f"spatial.accuracy[attack=worst_of_{s.k}]", s.worst_of_k.value))
+            out.append(Metric.of("spatial.accuracy[attack=grid]", s.grid))
+        return tuple(out)
 
 
 def _wrap(angle: float) -> float:
@@ -162,10 +179,60 @@ def _same_angle(a: float, b: float) -> bool:
     return abs(((a - b + 180.0) % 360.0) - 180.0) < 1e-6
 
 
+class RotationSettings(Settings):
+    """Settings of the rotation check (``[rotation]`` in auditkit.toml)."""
+
+    section: ClassVar[str] = "rotation"
+
+    angles: str = setting("-180:180:10", "Rotation angles: start:stop:step (inclusive) or a list.")
+    mean_range: float = setting(30.0, "Summarise mean accuracy over +/- this many degrees.", ge=0)
+    fraction_of_clean: float = setting(
+        0.5, "Report the first angle where accuracy falls below this fraction of clean.", gt=0, le=1
+    )
+    interpolation: Interpolation = setting("bilinear", "Interpolation: bilinear or nearest.")
+    fill: Fill = setting("zeros", "What fills the corners: zeros, border or reflection.")
+    spatial: bool = setting(True, "Run the spatial attack (rotations x translations grid).")
+    spatial_angles: str = setting("-30:30:6", "Angles of the spatial attack grid.")
+    translate: float = setting(3.0, "Largest shift in pixels of the spatial attack grid.", ge=0)
+    translate_steps: int = setting(5, "Shift values per axis, from -translate to +translate.", ge=1)
+    worst_of_k: int = setting(10, "k random grid points for the worst-of-k attack.", flag="--k", ge=1)
+
+    _lists = field_validator("angles", "spatial_angles", mode="before")(join_list)
+
+    @field_validator("angles", "spatial_angles")
+    @classmethod
+    def _angles(cls, value: str) -> str:
+        parse_angles(value)
+        return value
+
+
 class RotationSweep(Check):
     """Accuracy at each angle of a grid (overall, per class) plus a spatial attack."""
 
     name = "rotation"
+    settings_type = RotationSettings
+    result_type = RotationResult
+    command = "rotate"
+    help = (
+        "Accuracy against rotation angle, overall and per class, and a worst-of-k spatial attack "
+        "(rotations x translations); writes results.json and index.html."
+    )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RotationSweep:
+        s = RotationSettings.model_validate(settings)
+        return cls(
+            angles=parse_angles(s.angles),
+            mean_range=s.mean_range,
+            fraction_of_clean=s.fraction_of_clean,
+            interpolation=s.interpolation,
+            fill=s.fill,
+            spatial=s.spatial,
+            spatial_angles=parse_angles(s.spatial_angles),
+            translate=s.translate,
+            translate_steps=s.translate_steps,
+            k=s.worst_of_k,
+        )
 
     def __init__(
         self,

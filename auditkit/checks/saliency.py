@@ -13,10 +13,12 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from matplotlib import colormaps
+from pydantic import field_validator
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
@@ -25,7 +27,8 @@ from auditkit.data import ImageDataset
 from auditkit.engine import Batch, Engine
 from auditkit.exceptions import ConfigError
 from auditkit.images import to_data_uri
-from auditkit.results import CheckResult
+from auditkit.results import CheckResult, Metric
+from auditkit.settings import Settings, join_list, setting
 
 #: method name -> ``(model, x (B,C,H,W), target (B,), layer) -> attributions (B, H, W)``
 Method = Callable[[nn.Module, Tensor, Tensor, "nn.Module | None"], Tensor]
@@ -171,18 +174,68 @@ class SaliencyResult(CheckResult):
     sanity: tuple[SanityResult, ...]
     examples: tuple[SaliencyExample, ...]
 
-    def metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {}
+    title = "Saliency"
+    template = "saliency.html.j2"
+
+    def headline(self) -> str:
+        ok = [s.method for s in self.sanity if s.passed]
+        bad = [s.method for s in self.sanity if not s.passed]
+        return f"sanity check passed: {', '.join(ok) or 'none'}" + (
+            f"; not trustworthy here: {', '.join(bad)}" if bad else ""
+        )
+
+    def metric_records(self) -> tuple[Metric, ...]:
+        out: list[Metric] = []
         for s in self.sanity:
-            out[f"saliency.sanity[method={s.method}]"] = 1.0 if s.passed else 0.0
-            out[f"saliency.randomization_spearman[method={s.method}]"] = s.final
-        return out
+            out.append(Metric(f"saliency.sanity[method={s.method}]", 1.0 if s.passed else 0.0, unit="flag"))
+            out.append(Metric(f"saliency.randomization_spearman[method={s.method}]", s.final, "lower", "correlation"))
+        return tuple(out)
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"saliency, gradcam"`` -> ``("saliency", "gradcam")``."""
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+class SaliencySettings(Settings):
+    """Settings of the saliency check (``[saliency]`` in auditkit.toml)."""
+
+    section: ClassVar[str] = "saliency"
+
+    methods: str = setting(
+        "saliency,input_x_gradient,integrated_gradients,smoothgrad,gradcam",
+        "Saliency methods, comma-separated: saliency, input_x_gradient, integrated_gradients, smoothgrad, gradcam.",
+    )
+    saliency_target: str = setting("pred", "Explain the predicted class (pred), the true class (true) or a class name.")
+    layer: str | None = setting(None, "Grad-CAM layer (module name). [default: the last Conv2d]")
+
+    _lists = field_validator("methods", mode="before")(join_list)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: str) -> str:
+        bad = [m for m in parse_methods(value) if m not in METHODS]
+        if bad or not parse_methods(value):
+            raise ValueError(f"must be among {', '.join(METHODS)}, got {bad or value!r}")
+        return value
 
 
 class SaliencyMaps(Check):
     """Saliency maps for a deterministic selection of images, and their sanity check."""
 
     name = "saliency"
+    settings_type = SaliencySettings
+    result_type = SaliencyResult
+    command = "saliency"
+    help = (
+        "Saliency maps through captum (gradient, input x gradient, integrated gradients, SmoothGrad, Grad-CAM) "
+        "for a deterministic selection of images, with the model-parameter randomisation sanity check."
+    )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SaliencyMaps:
+        s = SaliencySettings.model_validate(settings)
+        return cls(methods=parse_methods(s.methods), target=s.saliency_target, layer=s.layer)
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ from auditkit.exceptions import ConfigError, DataError
 from auditkit.images import to_data_uri
 from auditkit.metrics import mean_interval, wilson_interval
 from auditkit.perturb import Affine, spatial_grid
-from auditkit.results import CheckResult, Interval
+from auditkit.results import CheckResult, Interval, Metric, pct
+from auditkit.settings import Settings, setting
 
 POSITIONS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
 OCCLUSIONS: tuple[str, ...] = ("mean", "blur", "noise")
@@ -130,29 +132,44 @@ class ShortcutResult(CheckResult):
     saliency: SaliencyMass
     flagged: bool
 
-    def metrics(self) -> dict[str, float]:
+    title = "Shortcut probes"
+    template = "shortcut.html.j2"
+
+    def headline(self) -> str:
+        removal = self.removal is not None and self.removal.flagged
+        hits = (
+            ("planted cue", self.planted.flagged),
+            ("cue removal", removal),
+            ("saliency mass", self.saliency.flagged),
+        )
+        found = [name for name, hit in hits if hit]
+        if not found:
+            return f"no shortcut found (planted cue pulls {pct(self.planted.attraction.value)} to one class)"
+        pull = f"{pct(self.planted.attraction.value)} of answers to '{self.planted.top_class}'"
+        return f"SHORTCUT flagged by {', '.join(found)}; the planted cue pulls {pull}"
+
+    def report_context(self) -> dict[str, Any]:
+        from auditkit.report import plots
+
+        return {"location_svg": plots.svg(plots.location_heatmap(self))}
+
+    def metric_records(self) -> tuple[Metric, ...]:
         p, loc, s = self.planted, self.location, self.saliency
-        out = {
-            "shortcut.flagged": 1.0 if self.flagged else 0.0,
-            "shortcut.planted.flip_rate": p.flip_rate.value,
-            "shortcut.planted.attraction": p.attraction.value,
-            "shortcut.planted.attraction.ci_low": p.attraction.low,
-            "shortcut.planted.attraction.ci_high": p.attraction.high,
-            "shortcut.planted.accuracy": p.accuracy_after.value,
-            "shortcut.location.spread": loc.spread,
-            "shortcut.location.worst_accuracy": loc.worst,
-            "shortcut.saliency.mass": s.mass.value,
-            "shortcut.saliency.concentration": s.concentration,
-        }
+        out = [
+            Metric("shortcut.flagged", 1.0 if self.flagged else 0.0, "lower", "flag"),
+            Metric("shortcut.planted.flip_rate", p.flip_rate.value, "lower"),
+            Metric.of("shortcut.planted.attraction", p.attraction, "lower"),
+            Metric("shortcut.planted.accuracy", p.accuracy_after.value),
+            Metric("shortcut.location.spread", loc.spread, "lower"),
+            Metric("shortcut.location.worst_accuracy", loc.worst),
+            Metric("shortcut.saliency.mass", s.mass.value, "lower"),
+            Metric("shortcut.saliency.concentration", s.concentration, "lower", "ratio"),
+        ]
         if self.removal is not None:
             r = self.removal
-            out |= {
-                "shortcut.removal.reliance": r.reliance.value,
-                "shortcut.removal.reliance.ci_low": r.reliance.low,
-                "shortcut.removal.reliance.ci_high": r.reliance.high,
-                "shortcut.removal.accuracy_drop": r.accuracy_clean - r.accuracy_cue.value,
-            }
-        return out
+            out.append(Metric.of("shortcut.removal.reliance", r.reliance, "lower"))
+            out.append(Metric("shortcut.removal.accuracy_drop", r.accuracy_clean - r.accuracy_cue.value, "none"))
+        return tuple(out)
 
 
 def cue_box(position: str, size: int, h: int, w: int) -> tuple[int, int, int, int]:
@@ -226,10 +243,49 @@ class Stamp:
         return f"{what} at x {x0}–{x1 - 1}, y {y0}–{y1 - 1} ({x1 - x0}×{y1 - y0} px)"
 
 
+class ShortcutSettings(Settings):
+    """Settings of the shortcut probes (``[shortcut]`` in auditkit.toml)."""
+
+    section: ClassVar[str] = "shortcut"
+
+    cue: str = setting("patch", "Planted cue: patch, border, or an image file stamped into the cue box.")
+    cue_position: Literal["top-left", "top-right", "bottom-left", "bottom-right", "center"] = setting(
+        "top-left", "Where the cue goes: top-left, top-right, bottom-left, bottom-right, center."
+    )
+    cue_size: int = setting(4, "Cue size in pixels of the model input (border width).", ge=1)
+    cue_value: float = setting(1.0, "Cue pixel value in [0, 1] for patch and border.", ge=0, le=1)
+    occlusion: Literal["mean", "blur", "noise"] = setting(
+        "mean", "How cue boxes (manifest columns x0,y0,x1,y1) are hidden: mean, blur, noise."
+    )
+    shift: float = setting(2.0, "Location probe: largest shift in pixels.", ge=0)
+    shift_steps: int = setting(5, "Location probe: shifts per axis.", ge=1)
+
+
 class ShortcutProbes(Check):
     """Planted cue, cue removal (when boxes are given), location and saliency mass."""
 
     name = "shortcut"
+    settings_type = ShortcutSettings
+    result_type = ShortcutResult
+    command = "shortcut"
+    help = (
+        "Shortcut probes: stamp a cue (--cue) and see whether answers flip toward one class; hide the cue boxes the "
+        "data gives (columns x0,y0,x1,y1) against a same-size control box; accuracy by position; saliency mass on "
+        "the cue."
+    )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ShortcutProbes:
+        s = ShortcutSettings.model_validate(settings)
+        return cls(
+            cue=s.cue,
+            position=s.cue_position,
+            size=s.cue_size,
+            value=s.cue_value,
+            occlusion=s.occlusion,
+            shift=s.shift,
+            shift_steps=s.shift_steps,
+        )
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ from auditkit.engine import Engine, Outcome
 from auditkit.exceptions import ConfigError
 from auditkit.images import to_data_uri
 from auditkit.metrics import expected_calibration_error, holm, mean_interval, wilson_interval
-from auditkit.results import CheckResult, Interval
+from auditkit.results import CheckResult, Interval, Metric, pct
+from auditkit.settings import Settings, setting
 
 MISSING = "(missing)"
 MISSING_TOKENS = frozenset({"", "nan", "NaN", "NA", "N/A", "None", "null"})
@@ -103,23 +104,41 @@ class SubgroupResult(CheckResult):
     disparities: tuple[Disparity, ...]
     notes: tuple[str, ...]
 
-    def metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {}
+    title = "Subgroups"
+    template = "subgroups.html.j2"
+
+    def headline(self) -> str:
+        if not self.groups:
+            return "no metadata column to group by"
+        worst = [d for d in self.disparities if d.compared >= 2]
+        if not worst:
+            return "fewer than two groups with enough data"
+        d = max(worst, key=lambda d: d.gap)
+        flag = f"; {len(d.significant)} group(s) differ significantly (Holm)" if d.significant else ""
+        return f"largest accuracy gap {pct(d.gap)} by {d.attribute} ({d.best} vs {d.worst}){flag}"
+
+    def report_context(self) -> dict[str, Any]:
+        from auditkit.report import plots
+
+        return {"bars": {a: plots.svg(plots.subgroup_bars(self, a)) for a in self.attributes}}
+
+    def metric_records(self) -> tuple[Metric, ...]:
+        out: list[Metric] = []
         for g in self.groups:
             value = g.accuracy if g.sufficient else Interval(math.nan, math.nan, math.nan, g.n)
-            out[f"subgroups.accuracy[{g.key}]"] = value.value
-            out[f"subgroups.accuracy[{g.key}].ci_low"] = value.low
-            out[f"subgroups.accuracy[{g.key}].ci_high"] = value.high
-            out[f"subgroups.error_rate[{g.key}]"] = 1.0 - value.value
-            out[f"subgroups.n[{g.key}]"] = float(g.n)
-            out[f"subgroups.p_holm[{g.key}]"] = g.p_holm if g.sufficient else math.nan
+            out.append(Metric.of(f"subgroups.accuracy[{g.key}]", value))
+            out.append(Metric(f"subgroups.error_rate[{g.key}]", 1.0 - value.value, "lower"))
+            out.append(Metric(f"subgroups.n[{g.key}]", float(g.n), "none", "images"))
+            out.append(Metric(f"subgroups.p_holm[{g.key}]", g.p_holm if g.sufficient else math.nan, "none", "p"))
             for r in g.robustness:
-                out[f"subgroups.robust_accuracy[{g.key},outcome={r.key}]"] = r.value.value if g.sufficient else math.nan
+                robust = r.value.value if g.sufficient else math.nan
+                out.append(Metric(f"subgroups.robust_accuracy[{g.key},outcome={r.key}]", robust))
         for d in self.disparities:
-            out[f"subgroups.accuracy_gap[attribute={d.attribute}]"] = d.gap
-            out[f"subgroups.accuracy_ratio[attribute={d.attribute}]"] = d.ratio
-            out[f"subgroups.significant_groups[attribute={d.attribute}]"] = float(len(d.significant))
-        return out
+            out.append(Metric(f"subgroups.accuracy_gap[attribute={d.attribute}]", d.gap, "lower"))
+            out.append(Metric(f"subgroups.accuracy_ratio[attribute={d.attribute}]", d.ratio))
+            count = float(len(d.significant))
+            out.append(Metric(f"subgroups.significant_groups[attribute={d.attribute}]", count, "lower", "groups"))
+        return tuple(out)
 
 
 def normalise_column(values: Sequence[str], *, bins: int | None) -> list[str]:
@@ -290,10 +309,39 @@ def resolve_group_columns(data: ImageDataset, requested: Sequence[str]) -> list[
     return [c for c in available if 2 <= len(set(data.metadata[c])) <= MAX_AUTO_LEVELS]
 
 
+class SubgroupSettings(Settings):
+    """Settings of the subgroup breakdown (``[subgroups]`` in auditkit.toml)."""
+
+    section: ClassVar[str] = "subgroups"
+
+    groups: tuple[str, ...] = setting(
+        (),
+        "Metadata column to break errors down by; repeat for several (their intersection too). "
+        "[default: every column with 2-20 values]",
+        flag="--group",
+        multiple=True,
+    )
+    min_support: int = setting(30, "Groups smaller than this are 'insufficient data'.", ge=1)
+    bins: int | None = setting(None, "Bin numeric group columns into this many quantile bins.", ge=2)
+
+
 class Subgroups(Check):
     """Error breakdown per subgroup and intersection of the dataset's metadata columns."""
 
     name = "subgroups"
+    settings_type = SubgroupSettings
+    result_type = SubgroupResult
+    command = "subgroups"
+    help = (
+        "Error breakdown per subgroup and per intersection of the data's metadata columns (--group), "
+        "with 95% intervals, Holm-corrected disparity tests and the errors per group."
+    )
+    runs_last = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Subgroups:
+        s = SubgroupSettings.model_validate(settings)
+        return cls(groups=s.groups, min_support=s.min_support, bins=s.bins)
 
     def __init__(
         self,

@@ -106,6 +106,13 @@ def confusion_matrix(result: CleanResult) -> str:
     return to_svg(fig)
 
 
+def svg(text: str) -> Any:
+    """An SVG plot, sanitised and marked safe for the report template (``markupsafe.Markup``)."""
+    from markupsafe import Markup
+
+    return Markup(sanitize_svg(text))
+
+
 def sanitize_svg(svg: str) -> str:
     """Drop anything script-like from an SVG produced here (defence in depth)."""
     return re.sub(r"<script.*?</script>", "", svg, flags=re.S | re.I)

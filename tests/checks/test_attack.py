@@ -17,6 +17,7 @@ from auditkit.engine import Engine
 from auditkit.exceptions import ConfigError
 from auditkit.models import LoadedModel, load_model
 from auditkit.results import RunResults
+from auditkit.resume import RESUME_DIR, BatchStore
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,60 @@ def test_gradient_masking_models_raise_the_matching_flag(
     assert isinstance(result, AttackResult)
     failed = {s.name for s in result.soundness if not s.passed}
     assert flag in failed
+
+
+class _Recorder(torch.nn.Module):
+    """Passes through to ``inner`` and records the batch size of every forward pass."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(int(x.shape[0]))
+        return self.inner(x)
+
+
+def test_soundness_runs_in_engine_batches_with_the_same_verdicts(demo_model: LoadedModel, sample: ImageDataset) -> None:
+    data = sample.take(torch.arange(60))
+    check = AdversarialAttack(epsilons=(0.0, 0.1), steps=5, sanity_samples=40, examples=4)
+    recorder = _Recorder(demo_model.model).eval()
+    small = check.run(recorder, data, engine=Engine(device="cpu", batch_size=16, progress=False))
+    large = check.run(demo_model.model, data, engine=Engine(device="cpu", batch_size=256, progress=False))
+    assert isinstance(small, AttackResult) and isinstance(large, AttackResult)
+    # the 40 soundness images were once one tensor; now no pass sees more than a batch
+    assert max(recorder.sizes) <= 16
+    assert [(s.name, s.passed) for s in small.soundness] == [(s.name, s.passed) for s in large.soundness]
+    assert len(small.soundness) == 9 and all(s.passed for s in small.soundness)
+    # the six checks without an attack reduce per-sample values: the same figures whatever the batching
+    for a, b in zip(small.soundness[:6], large.soundness[:6], strict=True):
+        assert a.value == pytest.approx(b.value, abs=1e-6), a.name
+
+
+def test_soundness_batches_are_saved_and_restored_on_resume(
+    demo_model: LoadedModel, sample: ImageDataset, tmp_path: Path
+) -> None:
+    data = sample.take(torch.arange(60))
+    check = AdversarialAttack(epsilons=(0.0, 0.1), steps=5, sanity_samples=40, examples=0)
+
+    def run(resume: bool) -> tuple[AttackResult, Engine]:
+        eng = Engine(device="cpu", batch_size=16, progress=False)
+        eng.store = BatchStore.open(tmp_path, "k", resume=resume, describe={"k": "1"})
+        result = check.run(demo_model.model, data, engine=eng)
+        assert isinstance(result, AttackResult)
+        return result, eng
+
+    first, eng = run(resume=False)
+    saved: dict[str, list[str]] = {}
+    for path in sorted((tmp_path / RESUME_DIR / "k").glob("*/*.pt")):
+        saved.setdefault(path.parent.name.split("-", 1)[1], []).append(path.stem)
+    grid = ["0000000000-0000000016", "0000000016-0000000032", "0000000032-0000000040"]
+    assert saved["soundness-probes"] == grid  # 40 soundness images in batches of 16
+    assert saved["soundness-attacks"] == grid
+    resumed, again = run(resume=True)
+    assert (again.computed, again.restored) == (0, eng.computed)  # nothing recomputed, soundness included
+    assert resumed.soundness == first.soundness
 
 
 def test_foolbox_bridge_through_cli(demo_run: Path, tmp_path: Path) -> None:

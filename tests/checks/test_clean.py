@@ -37,3 +37,25 @@ def test_clean_metrics_match_scikit_learn(tiny_net: torch.nn.Module) -> None:
     metrics = result.metrics()
     assert metrics["clean.accuracy"] == result.accuracy.value
     assert metrics["clean.accuracy[class=3]"] == result.per_class[3].accuracy.value
+
+
+def test_top_confusions_rank_off_diagonal_cells() -> None:
+    from auditkit.checks.clean import CleanResult
+    from auditkit.metrics import wilson_interval
+
+    cm = ((5, 3, 0), (1, 6, 0), (4, 0, 2))
+    result = CleanResult(
+        accuracy=wilson_interval(13, 21),
+        balanced_accuracy=0.5,
+        mean_confidence=0.5,
+        class_names=("shirt", "pullover", "coat"),
+        per_class=(),
+        confusion=cm,
+        errors=(),
+    )
+    assert result.top_confusions() == (
+        ("coat", "shirt", 4, 4 / 6),
+        ("shirt", "pullover", 3, 3 / 8),
+        ("pullover", "shirt", 1, 1 / 7),
+    )
+    assert result.top_confusions(1) == (("coat", "shirt", 4, 4 / 6),)

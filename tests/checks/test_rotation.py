@@ -145,7 +145,7 @@ def test_bad_choices_are_usage_errors(demo_run: Path) -> None:
         app, ["rotate", str(demo_run / "model" / "model.safetensors"), "digits", "--fill", "mirror"]
     )
     assert out.exit_code == 2
-    assert "fill must be one of zeros, border, reflection, got 'mirror'" in out.output
+    assert "fill: Input should be 'zeros', 'border' or 'reflection', got 'mirror'" in out.output
 
 
 def test_rotate_cli_on_torchvision_state_dict(tmp_path: Path) -> None:
@@ -168,6 +168,10 @@ def test_rotate_cli_on_torchvision_state_dict(tmp_path: Path) -> None:
             "32",
             "--channels",
             "3",
+            "--mean",
+            "0",
+            "--std",
+            "1",
             "--angles",
             "-90:90:45",
             "--spatial-angles",
