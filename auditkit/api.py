@@ -59,6 +59,33 @@ class RunOutput:
         return tuple(c for c in self.results.checks if isinstance(c, CheckFailure))
 
 
+def regate(results: Path, gate: Gate, out: Path | None = None) -> GateResult:
+    """Gate a written results.json again (``auditkit gate``); with ``out``, also write the pair with
+    the verdicts there. The CI outputs are written in any case."""
+    from auditkit.gate import evaluate, with_gate, write_ci_outputs
+    from auditkit.results import RunResults
+
+    inputs = gate.load()
+    if inputs is None:
+        raise ConfigError("--policy is required to gate a results.json")
+    loaded = RunResults.read(results)
+    verdict = evaluate(loaded, *inputs)
+    updated = with_gate(loaded, verdict)
+    if out is not None:
+        write_outputs(updated, out)
+    write_ci_outputs(verdict, updated, junit=gate.junit, summary=gate.summary)
+    return verdict
+
+
+def summary_lines(results: RunResults, json_path: Path | None, html_path: Path | None) -> tuple[list[str], list[str]]:
+    """What a finished run tells the user: a headline per check and the paths (stdout), warnings (stderr)."""
+    out = [f"{check.kind}: {check.headline()}" for check in results.checks]
+    err = [f"warning: {w}" for w in results.manifest.warnings]
+    if results.manifest.skipped_files:
+        err.append(f"warning: skipped {len(results.manifest.skipped_files)} unreadable image file(s); see the report")
+    return [*out, f"results: {json_path}", f"report:  {html_path}"], err
+
+
 def run(config: AuditConfig, gate: Gate | None = None) -> RunOutput:
     """Run the configured checks, gate them, write results.json + index.html into ``config.out``
     (rank 0 of a torch.distributed job only), then the CI outputs when no check crashed."""

@@ -1,9 +1,7 @@
 """The ``auditkit`` command line: parse -> settings -> one library call -> print -> exit code.
 
-Each audit command's options are generated from the settings declarations (the shared input,
-engine and output settings, plus its own checks'), so ``auditkit rotate --help`` lists only
-what rotate uses. Every expected failure is an :class:`AuditkitError` and becomes a one-line
-message on stderr and its exit code (docs/exit-codes.md); no traceback reaches the user.
+Options come from the settings declarations, so ``auditkit rotate --help`` lists only what rotate
+uses. Every expected failure is one line on stderr and its exit code (docs/exit-codes.md).
 """
 
 from __future__ import annotations
@@ -55,7 +53,6 @@ GATE = [
 BaselineOpt = Annotated[Path | None, typer.Option(help="A baseline results.json.", show_default=False)]
 JunitOpt = Annotated[Path | None, typer.Option(help="Write the verdicts as JUnit XML here.", show_default=False)]
 SummaryOpt = Annotated[Path | None, typer.Option(help="Append a Markdown verdict table here.", show_default=False)]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars on a terminal.")]
 
 
 def _audit_body(checks: tuple[str, ...] | None) -> Callable[[dict[str, Any]], None]:
@@ -115,17 +112,13 @@ def _finish_gate(verdict: Any, *, quiet: bool = False) -> None:
 
 
 def _print_summary(results: Any, json_path: Path | None, html_path: Path | None) -> None:
-    from auditkit.report.html import headline
+    from auditkit.api import summary_lines
 
-    for check in results.checks:
-        typer.echo(f"{check.kind}: {headline(check)}")
-    for warning in results.manifest.warnings:
-        typer.echo(f"warning: {warning}", err=True)
-    if results.manifest.skipped_files:
-        skipped = len(results.manifest.skipped_files)
-        typer.echo(f"warning: skipped {skipped} unreadable image file(s); see the report", err=True)
-    typer.echo(f"results: {json_path}")
-    typer.echo(f"report:  {html_path}")
+    out, err = summary_lines(results, json_path, html_path)
+    for line in out:
+        typer.echo(line)
+    for line in err:
+        typer.echo(line, err=True)
 
 
 @handle_errors
@@ -163,101 +156,26 @@ def gate(
     ] = None,
 ) -> None:
     """Gate a results.json against a policy (and a baseline run): exit 0 pass, 1 fail."""
-    from auditkit.api import Gate
-    from auditkit.audit import write_outputs
-    from auditkit.gate import evaluate, with_gate, write_ci_outputs
-    from auditkit.results import RunResults
+    from auditkit.api import Gate, regate
 
-    inputs = Gate(policy, baseline, junit, summary).load()
-    if inputs is None:  # unreachable: typer requires --policy
-        raise ConfigError("--policy is required")
-    loaded = RunResults.read(results)
-    verdict = evaluate(loaded, *inputs)
-    updated = with_gate(loaded, verdict)
-    if out is not None:
-        write_outputs(updated, out)
-    write_ci_outputs(verdict, updated, junit=junit, summary=summary)
-    _finish_gate(verdict)
+    _finish_gate(regate(results, Gate(policy, baseline, junit, summary), out))
 
 
 @handle_errors
-def demo(
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Output folder. [default: reports/demo; reports/demo-fashion with --dataset fashion-mnist]",
-            show_default=False,
-        ),
-    ] = None,
-    dataset: Annotated[
-        str,
-        typer.Option(
-            help="digits (scikit-learn's load_digits, embedded) or fashion-mnist (the real Fashion-MNIST from "
-            "Debian's dataset-fashion-mnist package, read from --data-root)."
-        ),
-    ] = "digits",
-    data_root: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder with Fashion-MNIST's IDX files (--dataset fashion-mnist). "
-            "[default: /usr/share/datasets/fashion-mnist]",
-            show_default=False,
-        ),
-    ] = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(help="Training epochs for the demo CNN. [default: 8 digits, 4 fashion-mnist]", show_default=False),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    progress: ProgressOpt = True,
-) -> None:
-    """Train a demo CNN and audit it: the embedded digits (no download), or the real Fashion-MNIST.
+def _demo(values: dict[str, Any]) -> None:
+    from auditkit.demo import DemoSettings, run_named_demo
 
-    Digits writes the dataset (PNG + CSV manifest with a synthetic 'site' column), the model
-    (safetensors + spec) and the report under --out. Fashion-MNIST trains on its 60,000 training
-    images (a few minutes on a CPU) and audits a seeded sample of its test split.
-    """
-    datasets = ("digits", "fashion-mnist")
-    if dataset not in datasets:
-        raise ConfigError(f"--dataset must be one of {', '.join(datasets)}, got {dataset!r}")
-    if epochs is not None and epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
-    if data_root is not None and dataset != "fashion-mnist":
-        raise ConfigError("--data-root applies to --dataset fashion-mnist only")
+    settings = DemoSettings.build(values)
     _single_process("demo")
-    from auditkit.demo import DemoOutput, run_demo
-    from auditkit.demo_fashion import FASHION_DATA_ROOT, FASHION_EPOCHS, FashionDemoOutput, run_fashion_demo
+    for line in run_named_demo(settings):
+        typer.echo(line)
 
-    result: DemoOutput | FashionDemoOutput
-    if dataset == "fashion-mnist":
-        result = run_fashion_demo(
-            out or Path("reports/demo-fashion"),
-            data_root=data_root or FASHION_DATA_ROOT,
-            seed=seed,
-            epochs=epochs or FASHION_EPOCHS,
-            device=device,
-            progress=progress,
-        )
-    else:
-        result = run_demo(out or Path("reports/demo"), seed=seed, epochs=epochs or 8, device=device, progress=progress)
-    last = result.training[-1]
-    typer.echo(f"trained {result.model_path} ({len(result.training)} epochs, final train accuracy {last.accuracy:.1%})")
-    _print_summary(result.results, result.out / "results.json", result.report)
-    if isinstance(result, DemoOutput):
-        from auditkit.report.html import headline
 
-        for name, probe in result.shortcut.items():
-            found = [c for c in probe.checks if c.kind == "shortcut"]
-            if found:
-                typer.echo(f"shortcut probes, {name} model on data/tagged_test.csv: {headline(found[0])}")
-    typer.echo(
-        f"gate: policy {result.out / 'policy.toml'} (edit it and re-run: auditkit gate {result.out / 'results.json'} "
-        f"--policy {result.out / 'policy.toml'})"
-    )
-    typer.echo(f"open it: file://{result.report.resolve()}")
+DEMO_HELP = (
+    "Train a demo CNN and audit it: the embedded digits (no download; writes the dataset as PNG + CSV with a "
+    "synthetic 'site' column, the model and the report under --out), or the real Fashion-MNIST (trains on its "
+    "60,000 training images in a few minutes on a CPU and audits a seeded sample of its test split)."
+)
 
 
 HARDEN_HELP = (
@@ -287,23 +205,17 @@ def _harden_params() -> list[Any]:
 def _harden(values: dict[str, Any]) -> None:
     from auditkit.config import resolve_config
     from auditkit.harden import HardenSettings, run_harden
-    from auditkit.report.html import headline
 
     own = {k: values.pop(k) for k in HardenSettings.model_fields}
     cfg = HardenSettings.build(own).config(resolve_config({**values, "out": values["out"] or "reports/harden"}))
     typer.echo(f"hardening with {cfg.train.label}; auditing the original model first")
     _single_process("harden")
     result = run_harden(cfg, on_epoch=lambda log: typer.echo(f"epoch {log.epoch}/{cfg.train.epochs}: {log.describe()}"))
-    if result.training.overfit_epoch is not None:
-        typer.echo(
-            f"warning: catastrophic overfitting at epoch {result.training.overfit_epoch}; "
-            f"kept the weights of epoch {result.training.kept_epoch}",
-            err=True,
-        )
-    typer.echo(f"harden: {headline(result.after.checks[-1])}")
-    typer.echo(f"model:   {result.model_path}")
-    typer.echo(f"before:  {result.out / 'before' / 'index.html'}")
-    typer.echo(f"report:  {result.out / 'index.html'}")
+    out, err = result.summary_lines()
+    for line in err:
+        typer.echo(line, err=True)
+    for line in out:
+        typer.echo(line)
 
 
 def build_app() -> typer.Typer:
@@ -320,8 +232,11 @@ def build_app() -> typer.Typer:
         rich_markup_mode=None,
     )
     _register_audit_commands(app)
-    for fn in (report, gate, demo):
+    for fn in (report, gate):
         app.command()(fn)
+    from auditkit.demo import DemoSettings
+
+    app.command("demo", help=DEMO_HELP)(options.command(_demo, options.parameters([DemoSettings])))
     app.command("harden", help=HARDEN_HELP)(options.command(_harden, _harden_params()))
     return app
 

@@ -11,10 +11,12 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import model_validator
 
 from auditkit.audit import make_engine, raise_for_failures, run_audit, write_outputs
 from auditkit.config import AuditConfig
@@ -23,6 +25,7 @@ from auditkit.gate import evaluate, load_policy, with_gate
 from auditkit.io import atomic_write_bytes, atomic_write_text
 from auditkit.models import AuditModel, ModelSpec, save_model
 from auditkit.results import RunResults
+from auditkit.settings import Settings, setting
 from auditkit.train import EpochLog, TrainConfig, fit
 from auditkit.zoo import digits_cnn
 
@@ -241,3 +244,57 @@ def run_shortcut_demo(
         raise_for_failures(results)
         out[name] = results
     return out
+
+
+class DemoSettings(Settings):
+    """What ``auditkit demo`` trains and audits (its own CLI options)."""
+
+    dataset: Literal["digits", "fashion-mnist"] = setting(
+        "digits",
+        "digits (scikit-learn's load_digits, embedded) or fashion-mnist (the real Fashion-MNIST from Debian's "
+        "dataset-fashion-mnist package, read from --data-root).",
+    )
+    out: str | None = setting(
+        None,
+        "Output folder. [default: reports/demo; reports/demo-fashion with --dataset fashion-mnist]",
+        flag="--out -o",
+    )
+    data_root: str | None = setting(
+        None,
+        "Folder with Fashion-MNIST's IDX files (--dataset fashion-mnist). [default: /usr/share/datasets/fashion-mnist]",
+    )
+    epochs: int | None = setting(None, "Training epochs for the demo CNN. [default: 8 digits, 4 fashion-mnist]", ge=1)
+    seed: int = setting(0, "Random seed.")
+    device: str = setting("auto", "auto, cpu, cuda or mps.")
+    progress: bool = setting(True, "Show progress bars on a terminal.")
+
+    @model_validator(mode="after")
+    def _root(self) -> DemoSettings:
+        if self.data_root is not None and self.dataset != "fashion-mnist":
+            raise ValueError("--data-root applies to --dataset fashion-mnist only")
+        return self
+
+
+def run_named_demo(s: DemoSettings) -> list[str]:
+    """Run the demo ``s.dataset`` and return the lines that tell the user what it wrote and found."""
+    from auditkit.demo_fashion import FASHION_DATA_ROOT, FASHION_EPOCHS, run_fashion_demo
+
+    result: Any
+    if s.dataset == "fashion-mnist":
+        root = Path(s.data_root) if s.data_root else FASHION_DATA_ROOT
+        out, epochs = Path(s.out or "reports/demo-fashion"), s.epochs or FASHION_EPOCHS
+        result = run_fashion_demo(out, data_root=root, seed=s.seed, epochs=epochs, device=s.device, progress=s.progress)
+    else:
+        out = Path(s.out or "reports/demo")
+        result = run_demo(out, seed=s.seed, epochs=s.epochs or 8, device=s.device, progress=s.progress)
+    last = result.training[-1]
+    lines = [f"trained {result.model_path} ({len(result.training)} epochs, final train accuracy {last.accuracy:.1%})"]
+    lines += [f"{c.kind}: {c.headline()}" for c in result.results.checks]
+    lines += [f"results: {result.out / 'results.json'}", f"report:  {result.report}"]
+    for name, probe in getattr(result, "shortcut", {}).items():
+        found = [c for c in probe.checks if c.kind == "shortcut"]
+        lines += [f"shortcut probes, {name} model on data/tagged_test.csv: {c.headline()}" for c in found]
+    policy, results = result.out / "policy.toml", result.out / "results.json"
+    lines.append(f"gate: policy {policy} (edit it and re-run: auditkit gate {results} --policy {policy})")
+    lines.append(f"open it: file://{result.report.resolve()}")
+    return lines

@@ -147,6 +147,18 @@ class HardenOutput:
     after: RunResults
     training: TrainResult
 
+    def summary_lines(self) -> tuple[list[str], list[str]]:
+        """What ``auditkit harden`` prints: the result's headline and the paths (stdout), warnings (stderr)."""
+        err = []
+        if self.training.overfit_epoch is not None:
+            err.append(
+                f"warning: catastrophic overfitting at epoch {self.training.overfit_epoch}; "
+                f"kept the weights of epoch {self.training.kept_epoch}"
+            )
+        out = [f"harden: {self.after.checks[-1].headline()}", f"model:   {self.model_path}"]
+        out += [f"before:  {self.out / 'before' / 'index.html'}", f"report:  {self.out / 'index.html'}"]
+        return out, err
+
 
 def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
     """A seeded permutation of ``n`` cut into held-out parts of the given fractions and the rest

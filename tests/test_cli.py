@@ -114,7 +114,7 @@ def test_help_lists_every_command() -> None:
         (["audit"], 2, "no model given"),
         (["audit", "missing.pt", "digits"], 3, "model file not found"),
         (["report", "nope.json"], 3, "cannot read results file"),
-        (["demo", "--epochs", "0"], 2, "--epochs must be at least 1"),
+        (["demo", "--epochs", "0"], 2, "epochs: Input should be greater than or equal to 1"),
     ],
 )
 def test_errors_are_one_line_with_exit_code(args: list[str], code: int, needle: str, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_refuses_an_unknown_dataset(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--dataset", "cifar10", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "auditkit: error: --dataset must be one of digits, fashion-mnist, got 'cifar10'"
+        "auditkit: error: dataset: Input should be 'digits' or 'fashion-mnist', got 'cifar10'"
     ]
 
 
