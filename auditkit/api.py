@@ -89,8 +89,8 @@ def summary_lines(results: RunResults, json_path: Path | None, html_path: Path |
 def run(config: AuditConfig, gate: Gate | None = None) -> RunOutput:
     """Run the configured checks, gate them, write results.json + index.html into ``config.out``
     (rank 0 of a torch.distributed job only), then the CI outputs when no check crashed."""
-    from auditkit import distributed as dist
-    from auditkit.resume import discard
+    from auditkit.engine import distributed as dist
+    from auditkit.engine.resume import discard
 
     gate = gate or Gate()
     inputs = gate.load()

@@ -17,14 +17,14 @@ import torchvision
 from auditkit import __version__, registry
 from auditkit.checks.base import Check, CheckFailure
 from auditkit.config import AuditConfig
-from auditkit.data import INFERRED_SOURCE, ImageDataset, Preprocess, load_dataset
-from auditkit.distributed import World
-from auditkit.engine import Engine, eval_mode
+from auditkit.engine.distributed import World
+from auditkit.engine.loop import Engine, eval_mode
+from auditkit.engine.resume import BatchStore, run_key
 from auditkit.exceptions import AuditkitError, ConfigError, ModelError, RunError
-from auditkit.models import LoadedModel, ModelSpec, load_model, probe_outputs
+from auditkit.inputs.data import INFERRED_SOURCE, ImageDataset, Preprocess, load_dataset
+from auditkit.inputs.models import LoadedModel, ModelSpec, load_model, probe_outputs
 from auditkit.report.html import write_report
 from auditkit.results import RunManifest, RunResults, SampleOutcomes, collect_metrics
-from auditkit.resume import BatchStore, run_key
 
 
 def build_checks(config: AuditConfig) -> list[Check]:
@@ -178,8 +178,8 @@ def run_audit(config: AuditConfig, *, engine: Engine | None = None, save_batches
     """Run the configured checks and return typed results.
 
     Nothing is written, except with ``save_batches``: then each finished batch is saved under
-    ``config.out`` (see :mod:`auditkit.resume`) and ``config.resume`` restores them; call
-    :func:`auditkit.resume.discard` once the outputs are written.
+    ``config.out`` (see :mod:`auditkit.engine.resume`) and ``config.resume`` restores them; call
+    :func:`auditkit.engine.resume.discard` once the outputs are written.
     """
     engine = engine or make_engine(config)
     engine.seed_everything()

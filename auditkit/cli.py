@@ -93,7 +93,7 @@ def _register_audit_commands(app: typer.Typer) -> None:
 
 def _single_process(command: str) -> None:
     """Training runs in one process: refuse a torch.distributed launch instead of racing on files."""
-    from auditkit.distributed import launched
+    from auditkit.engine.distributed import launched
 
     if launched():
         raise ConfigError(
@@ -188,7 +188,7 @@ HARDEN_HELP = (
 def _harden_params() -> list[Any]:
     from auditkit.checks.attack import AttackSettings
     from auditkit.checks.rotation import RotationSettings
-    from auditkit.harden import HardenSettings
+    from auditkit.training.harden import HardenSettings
 
     engine = [n for n in EngineSettings.model_fields if n not in ("resume", "distributed", "stream", "workers")]
     picked: list[tuple[type[Settings], list[str]]] = [
@@ -204,7 +204,7 @@ def _harden_params() -> list[Any]:
 @handle_errors
 def _harden(values: dict[str, Any]) -> None:
     from auditkit.config import resolve_config
-    from auditkit.harden import HardenSettings, run_harden
+    from auditkit.training.harden import HardenSettings, run_harden
 
     own = {k: values.pop(k) for k in HardenSettings.model_fields}
     cfg = HardenSettings.build(own).config(resolve_config({**values, "out": values["out"] or "reports/harden"}))

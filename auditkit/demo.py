@@ -20,13 +20,13 @@ from pydantic import model_validator
 
 from auditkit.audit import make_engine, raise_for_failures, run_audit, write_outputs
 from auditkit.config import AuditConfig
-from auditkit.data import DIGITS_SITE_NOTE, card_path, digits_split, load_dataset
 from auditkit.gate import evaluate, load_policy, with_gate
+from auditkit.inputs.data import DIGITS_SITE_NOTE, card_path, digits_split, load_dataset
+from auditkit.inputs.models import AuditModel, ModelSpec, save_model
 from auditkit.io import atomic_write_bytes, atomic_write_text
-from auditkit.models import AuditModel, ModelSpec, save_model
 from auditkit.results import RunResults
 from auditkit.settings import Settings, setting
-from auditkit.train import EpochLog, TrainConfig, fit
+from auditkit.training.train import EpochLog, TrainConfig, fit
 from auditkit.zoo import digits_cnn
 
 DEMO_ARCH = "auditkit.zoo:digits_cnn"

@@ -17,13 +17,13 @@ import torch
 
 from auditkit.audit import make_engine, raise_for_failures, run_audit, write_outputs
 from auditkit.config import AuditConfig
-from auditkit.data import idx_splits, load_dataset
 from auditkit.exceptions import ConfigError
 from auditkit.gate import evaluate, load_policy, with_gate
+from auditkit.inputs.data import idx_splits, load_dataset
+from auditkit.inputs.models import AuditModel, ModelSpec, build_architecture, save_model
 from auditkit.io import atomic_write_text
-from auditkit.models import AuditModel, ModelSpec, build_architecture, save_model
 from auditkit.results import RunResults
-from auditkit.train import EpochLog, TrainConfig, fit
+from auditkit.training.train import EpochLog, TrainConfig, fit
 
 FASHION_PACKAGE = "dataset-fashion-mnist"
 FASHION_DATA_ROOT = Path("/usr/share/datasets/fashion-mnist")

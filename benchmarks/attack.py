@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from auditkit.attacks import PGD
 from auditkit.checks.attack import AdversarialAttack
-from auditkit.data import load_dataset
-from auditkit.engine import Batch, Engine, eval_mode
-from auditkit.models import load_model
+from auditkit.engine.loop import Batch, Engine, eval_mode
+from auditkit.inputs.data import load_dataset
+from auditkit.inputs.models import load_model
+from auditkit.ops.attacks import PGD
 
 EPSILONS = (0.0, 0.01, 0.02, 0.05, 0.1)
 

@@ -19,10 +19,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from auditkit.checks.rotation import DEFAULT_ANGLES
-from auditkit.data import ImageDataset, load_dataset
-from auditkit.engine import Engine, eval_mode
-from auditkit.models import AuditModel, ModelSpec
-from auditkit.perturb import Affine, rotations
+from auditkit.engine.loop import Engine, eval_mode
+from auditkit.inputs.data import ImageDataset, load_dataset
+from auditkit.inputs.models import AuditModel, ModelSpec
+from auditkit.ops.perturb import Affine, rotations
 from auditkit.zoo import digits_cnn
 
 

@@ -34,7 +34,7 @@ CHECKS = ("clean", "rotation", "attack", "subgroups")
 
 def write_manifest(folder: Path, scale: int, size: int, channels: int) -> Path:
     """The digits test split ``scale`` times over as PNGs (copies get +-2 grey levels of noise)."""
-    from auditkit.data import digits_split
+    from auditkit.inputs.data import digits_split
 
     split = digits_split(seed=0)["test"]
     x = torch.from_numpy(split["x"]).float()
@@ -58,7 +58,7 @@ def write_manifest(folder: Path, scale: int, size: int, channels: int) -> Path:
 
 def write_model(folder: Path, size: int, channels: int) -> Path:
     """The digits CNN trained by ``auditkit demo`` (28x28 grey), else an untrained small CNN."""
-    from auditkit.models import ModelSpec, save_model
+    from auditkit.inputs.models import ModelSpec, save_model
     from auditkit.zoo import small_cnn
 
     torch.manual_seed(0)

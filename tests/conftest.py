@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from auditkit.models import ModelSpec
+from auditkit.inputs.models import ModelSpec
 from auditkit.zoo import digits_cnn
 
 DIGITS_SPEC = ModelSpec(

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from auditkit.attacks import PGD
 from auditkit.exceptions import ConfigError
-from auditkit.models import AuditModel
+from auditkit.inputs.models import AuditModel
+from auditkit.ops.attacks import PGD
 from tests.conftest import DIGITS_SPEC
 
 

@@ -10,7 +10,7 @@ import torch
 from auditkit.audit import _chance_warning, read_class_names, run_audit
 from auditkit.config import resolve_config
 from auditkit.exceptions import ConfigError
-from auditkit.models import save_model
+from auditkit.inputs.models import save_model
 from tests.conftest import DIGITS_SPEC
 
 

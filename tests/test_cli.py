@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from auditkit.cli import app
-from auditkit.models import save_model
+from auditkit.inputs.models import save_model
 from tests.conftest import DIGITS_SPEC
 
 runner = CliRunner()

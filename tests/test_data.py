@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from auditkit.data import digits_split, load_dataset
 from auditkit.exceptions import ConfigError, DataError
+from auditkit.inputs.data import digits_split, load_dataset
 from tests.conftest import write_png
 
 
@@ -171,7 +171,7 @@ def test_npz_class_names_array(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kwargs", [{}, {"image_size": (16, 20), "channels": 3}])
 def test_streamed_images_equal_the_in_memory_ones(manifest_dir: Path, kwargs: dict[str, object]) -> None:
-    from auditkit.data import FileImages
+    from auditkit.inputs.data import FileImages
 
     memory = load_dataset(manifest_dir / "manifest.csv", stream="off", **kwargs)  # type: ignore[arg-type]
     streamed = load_dataset(manifest_dir / "manifest.csv", stream="on", **kwargs)  # type: ignore[arg-type]
@@ -188,7 +188,7 @@ def test_streamed_images_equal_the_in_memory_ones(manifest_dir: Path, kwargs: di
 
 
 def test_stream_auto_switches_past_the_memory_threshold(manifest_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import auditkit.data as data_module
+    import auditkit.inputs.data as data_module
 
     assert not load_dataset(manifest_dir / "manifest.csv").streamed  # 12 small images stay in memory
     monkeypatch.setattr(data_module, "STREAM_BYTES", 3 * 28 * 28)

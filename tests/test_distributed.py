@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from auditkit.distributed import World, init
+from auditkit.engine.distributed import World, init
 from auditkit.exceptions import ConfigError
 from tests.conftest import comparable, scale_args, single_thread_env
 

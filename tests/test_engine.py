@@ -7,10 +7,10 @@ import torch
 from torch import Tensor
 
 from auditkit.checks.clean import CleanAccuracy
-from auditkit.data import load_dataset
-from auditkit.engine import Batch, Engine, batch_seed, eval_mode, resolve_device
+from auditkit.engine.loop import Batch, Engine, batch_seed, eval_mode, resolve_device
 from auditkit.exceptions import ConfigError, ModelError, NonFiniteOutputError
-from auditkit.models import AuditModel
+from auditkit.inputs.data import load_dataset
+from auditkit.inputs.models import AuditModel
 from tests.conftest import DIGITS_SPEC, write_png
 
 

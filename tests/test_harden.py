@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from auditkit.checks.harden import HardenResult
 from auditkit.cli import app
 from auditkit.config import AuditConfig
-from auditkit.data import load_dataset
-from auditkit.harden import HardenConfig, run_harden, split_indices, write_npz
-from auditkit.models import load_model
+from auditkit.inputs.data import load_dataset
+from auditkit.inputs.models import load_model
 from auditkit.results import RunResults
-from auditkit.train import TrainConfig
+from auditkit.training.harden import HardenConfig, run_harden, split_indices, write_npz
+from auditkit.training.train import TrainConfig
 
 EPS_KEY = "attack.robust_accuracy[norm=linf,eps=0.1]"
 

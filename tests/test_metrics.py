@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from auditkit.metrics import ConfusionAccumulator, wilson_interval
+from auditkit.ops.metrics import ConfusionAccumulator, wilson_interval
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (5, 10), (10, 10), (97, 540), (1, 3)])

@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from auditkit.cli import app
-from auditkit.engine import eval_mode
+from auditkit.engine.loop import eval_mode
 from auditkit.exceptions import ConfigError, ModelError, NonFiniteOutputError, UntrustedModelError
-from auditkit.models import AuditModel, ModelSpec, detect_format, load_model, probe_outputs, save_model
+from auditkit.inputs.models import AuditModel, ModelSpec, detect_format, load_model, probe_outputs, save_model
 from tests.conftest import DIGITS_SPEC
 
 X = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -184,7 +184,7 @@ def test_wrapper_folds_preprocessing() -> None:
 
 def test_output_contract_refuses_ambiguous_outputs_and_selects_named_ones() -> None:
     from auditkit.exceptions import ModelError
-    from auditkit.models import select_output
+    from auditkit.inputs.models import select_output
 
     boxes, logits = torch.zeros(2, 4), torch.ones(2, 10)
     assert select_output(logits, None) is logits

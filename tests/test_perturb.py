@@ -5,7 +5,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from auditkit.perturb import Affine, rotations, spatial_grid
+from auditkit.ops.perturb import Affine, rotations, spatial_grid
 
 X = torch.rand(4, 3, 20, 28, generator=torch.Generator().manual_seed(0))
 

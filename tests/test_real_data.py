@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from auditkit.data import load_dataset, read_idx
 from auditkit.exceptions import ConfigError, DataError
+from auditkit.inputs.data import load_dataset, read_idx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -102,7 +102,7 @@ def test_torchvision_weights_preset_matches_the_enum(tmp_path: Path) -> None:
     from torchvision.models import ResNet18_Weights
 
     from auditkit.audit import preprocess_for
-    from auditkit.models import ModelSpec, apply_preset
+    from auditkit.inputs.models import ModelSpec, apply_preset
 
     weights = ResNet18_Weights.IMAGENET1K_V1
     spec = apply_preset(ModelSpec(weights="torchvision:ResNet18_Weights.IMAGENET1K_V1")).spec
@@ -135,7 +135,7 @@ def test_timm_preset_matches_timms_eval_transform() -> None:
     timm = pytest.importorskip("timm")
     from torchvision import transforms as T
 
-    from auditkit.models import timm_preset
+    from auditkit.inputs.models import timm_preset
 
     for name in ("resnet18", "efficientnet_b0"):
         spec = timm_preset(name).spec

@@ -15,10 +15,10 @@ import torch
 from typer.testing import CliRunner
 
 from auditkit.cli import app
-from auditkit.data import load_dataset
-from auditkit.engine import Engine
+from auditkit.engine.loop import Engine
+from auditkit.engine.resume import RESUME_DIR, BatchStore, call_name, run_key
 from auditkit.exceptions import ConfigError
-from auditkit.resume import RESUME_DIR, BatchStore, call_name, run_key
+from auditkit.inputs.data import load_dataset
 from tests.conftest import comparable, scale_args, single_thread_env
 
 

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from auditkit import registry
 from auditkit.checks.base import Check
-from auditkit.data import ImageDataset
-from auditkit.engine import Batch, Engine
-from auditkit.models import save_model
+from auditkit.engine.loop import Batch, Engine
+from auditkit.inputs.data import ImageDataset
+from auditkit.inputs.models import save_model
 from auditkit.results import CheckResult, Metric
 from auditkit.settings import Settings, setting
 from tests.conftest import DIGITS_SPEC

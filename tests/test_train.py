@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditkit.attacks import PGD
-from auditkit.data import ImageDataset, load_dataset
-from auditkit.engine import Engine
+from auditkit.engine.loop import Engine
 from auditkit.exceptions import ConfigError, DataError
-from auditkit.models import AuditModel, load_model
-from auditkit.train import EpochLog, TrainConfig, catastrophic_overfitting, fit
+from auditkit.inputs.data import ImageDataset, load_dataset
+from auditkit.inputs.models import AuditModel, load_model
+from auditkit.ops.attacks import PGD
+from auditkit.training.train import EpochLog, TrainConfig, catastrophic_overfitting, fit
 from tests.conftest import DIGITS_SPEC
 
 
@@ -102,7 +102,7 @@ def test_catastrophic_overfitting_detector() -> None:
 def test_fgsm_training_stops_and_keeps_the_best_epoch_on_catastrophic_overfitting(
     demo_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import auditkit.train as train
+    import auditkit.training.train as train
 
     data, val = _digits(demo_run, 128), _digits(demo_run, 64, "test")
     seen: list[dict[str, torch.Tensor]] = []

@@ -1,6 +1,6 @@
 """Adversarial robustness: robust-accuracy curves over epsilons, with soundness checks.
 
-The native path is :class:`auditkit.attacks.PGD` (FGSM is PGD with one step) run through
+The native path is :class:`auditkit.ops.attacks.PGD` (FGSM is PGD with one step) run through
 :meth:`Engine.map` with gradients on. Along the curve a sample broken at a smaller epsilon stays
 broken (its perturbation is inside every larger ball) and is not attacked again.
 ``foolbox:<Name>`` runs any foolbox attack through the same curve and report.
@@ -19,13 +19,13 @@ from pydantic import field_validator, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from auditkit.attacks import NORMS, PGD, Norm
 from auditkit.checks.base import Check
-from auditkit.data import ImageDataset
-from auditkit.engine import Batch, Engine, Outcome
+from auditkit.engine.loop import Batch, Engine, Outcome
 from auditkit.exceptions import ConfigError
-from auditkit.images import to_data_uri
-from auditkit.metrics import wilson_interval
+from auditkit.inputs.data import ImageDataset
+from auditkit.inputs.images import to_data_uri
+from auditkit.ops.attacks import NORMS, PGD, Norm
+from auditkit.ops.metrics import wilson_interval
 from auditkit.results import CheckResult, Interval, Metric, fmt, pct
 from auditkit.settings import Settings, join_list, setting
 

@@ -8,8 +8,8 @@ from typing import Any, ClassVar, final
 
 from torch import nn
 
-from auditkit.data import ImageDataset
-from auditkit.engine import Engine, eval_mode
+from auditkit.engine.loop import Engine, eval_mode
+from auditkit.inputs.data import ImageDataset
 from auditkit.results import CheckResult, Metric
 from auditkit.settings import Settings
 

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from auditkit.checks.base import Check
-from auditkit.data import ImageDataset
-from auditkit.engine import Engine
-from auditkit.images import to_data_uri
-from auditkit.metrics import ConfusionAccumulator, wilson_interval
+from auditkit.engine.loop import Engine
+from auditkit.inputs.data import ImageDataset
+from auditkit.inputs.images import to_data_uri
+from auditkit.ops.metrics import ConfusionAccumulator, wilson_interval
 from auditkit.results import CheckResult, Interval, Metric, pct
 
 

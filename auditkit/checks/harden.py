@@ -1,6 +1,6 @@
 """The result of ``auditkit harden`` as it is stored in results.json and shown in the report.
 
-Training itself lives in :mod:`auditkit.train` and the flow in :mod:`auditkit.harden`; this
+Training itself lives in :mod:`auditkit.training.train` and the flow in :mod:`auditkit.training.harden`; this
 module holds only the typed result, so the report can render it without importing training.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from auditkit.results import CheckResult, Metric, fmt, pct
-from auditkit.train import EpochLog
+from auditkit.training.train import EpochLog
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Rotation robustness: accuracy vs angle (overall and per class) and a worst-of-k spatial attack.
 
-Both are one :meth:`Engine.sweep` over :class:`auditkit.perturb.Affine` parameters; the
+Both are one :meth:`Engine.sweep` over :class:`auditkit.ops.perturb.Affine` parameters; the
 spatial attack is brute force over a grid of rotations x translations (Engstrom et al. 2019),
 so gradient masking cannot fool it.
 """
@@ -17,12 +17,12 @@ from pydantic import field_validator
 from torch import Tensor, nn
 
 from auditkit.checks.base import Check
-from auditkit.data import ImageDataset
-from auditkit.engine import Engine, Outcome
+from auditkit.engine.loop import Engine, Outcome
 from auditkit.exceptions import ConfigError
-from auditkit.images import to_data_uri
-from auditkit.metrics import mean_interval, wilson_interval
-from auditkit.perturb import FILLS, INTERPOLATIONS, Affine, Fill, Interpolation, rotations, spatial_grid
+from auditkit.inputs.data import ImageDataset
+from auditkit.inputs.images import to_data_uri
+from auditkit.ops.metrics import mean_interval, wilson_interval
+from auditkit.ops.perturb import FILLS, INTERPOLATIONS, Affine, Fill, Interpolation, rotations, spatial_grid
 from auditkit.results import CheckResult, Interval, Metric, fmt, pct
 from auditkit.settings import Settings, join_list, setting
 

@@ -23,10 +23,10 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 from auditkit.checks.base import Check
-from auditkit.data import ImageDataset
-from auditkit.engine import Batch, Engine
+from auditkit.engine.loop import Batch, Engine
 from auditkit.exceptions import ConfigError
-from auditkit.images import to_data_uri
+from auditkit.inputs.data import ImageDataset
+from auditkit.inputs.images import to_data_uri
 from auditkit.results import CheckResult, Metric
 from auditkit.settings import Settings, join_list, setting
 

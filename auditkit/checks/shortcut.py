@@ -27,12 +27,12 @@ from torch import Tensor, nn
 
 from auditkit.checks.base import Check
 from auditkit.checks.saliency import relevance_mass
-from auditkit.data import ImageDataset, decode_image
-from auditkit.engine import Batch, Engine, Outcome
+from auditkit.engine.loop import Batch, Engine, Outcome
 from auditkit.exceptions import ConfigError, DataError
-from auditkit.images import to_data_uri
-from auditkit.metrics import mean_interval, wilson_interval
-from auditkit.perturb import Affine, spatial_grid
+from auditkit.inputs.data import ImageDataset, decode_image
+from auditkit.inputs.images import to_data_uri
+from auditkit.ops.metrics import mean_interval, wilson_interval
+from auditkit.ops.perturb import Affine, spatial_grid
 from auditkit.results import CheckResult, Interval, Metric, pct
 from auditkit.settings import Settings, setting
 

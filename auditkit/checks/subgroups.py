@@ -21,11 +21,11 @@ from torch import nn
 
 from auditkit.checks.base import Check
 from auditkit.checks.clean import Example
-from auditkit.data import ImageDataset
-from auditkit.engine import Engine, Outcome
+from auditkit.engine.loop import Engine, Outcome
 from auditkit.exceptions import ConfigError
-from auditkit.images import to_data_uri
-from auditkit.metrics import expected_calibration_error, holm, mean_interval, wilson_interval
+from auditkit.inputs.data import ImageDataset
+from auditkit.inputs.images import to_data_uri
+from auditkit.ops.metrics import expected_calibration_error, holm, mean_interval, wilson_interval
 from auditkit.results import CheckResult, Interval, Metric, pct
 from auditkit.settings import Settings, setting
 

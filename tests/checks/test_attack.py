@@ -9,15 +9,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from auditkit.attacks import PGD
 from auditkit.checks.attack import AdversarialAttack, AttackResult, parse_epsilons
 from auditkit.cli import app
-from auditkit.data import ImageDataset, load_dataset
-from auditkit.engine import Engine
+from auditkit.engine.loop import Engine
+from auditkit.engine.resume import RESUME_DIR, BatchStore
 from auditkit.exceptions import ConfigError
-from auditkit.models import LoadedModel, load_model
+from auditkit.inputs.data import ImageDataset, load_dataset
+from auditkit.inputs.models import LoadedModel, load_model
+from auditkit.ops.attacks import PGD
 from auditkit.results import RunResults
-from auditkit.resume import RESUME_DIR, BatchStore
 
 
 @pytest.fixture(scope="module")

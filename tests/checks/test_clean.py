@@ -6,9 +6,9 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_score, recall_score
 
 from auditkit.checks.clean import CleanAccuracy, CleanResult
-from auditkit.data import load_dataset
-from auditkit.engine import Engine
-from auditkit.models import AuditModel
+from auditkit.engine.loop import Engine
+from auditkit.inputs.data import load_dataset
+from auditkit.inputs.models import AuditModel
 from tests.conftest import DIGITS_SPEC
 
 
@@ -41,7 +41,7 @@ def test_clean_metrics_match_scikit_learn(tiny_net: torch.nn.Module) -> None:
 
 def test_top_confusions_rank_off_diagonal_cells() -> None:
     from auditkit.checks.clean import CleanResult
-    from auditkit.metrics import wilson_interval
+    from auditkit.ops.metrics import wilson_interval
 
     cm = ((5, 3, 0), (1, 6, 0), (4, 0, 2))
     result = CleanResult(

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from auditkit.checks.rotation import RotationResult, RotationSweep, parse_angles
 from auditkit.cli import app
-from auditkit.data import ImageDataset, load_dataset
-from auditkit.engine import Engine
+from auditkit.engine.loop import Engine
 from auditkit.exceptions import ConfigError
-from auditkit.models import LoadedModel, load_model
+from auditkit.inputs.data import ImageDataset, load_dataset
+from auditkit.inputs.models import LoadedModel, load_model
 
 
 @pytest.fixture(scope="module")

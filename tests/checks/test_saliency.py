@@ -18,9 +18,9 @@ from auditkit.checks.saliency import (
     relevance_mass,
 )
 from auditkit.cli import app
-from auditkit.data import ImageDataset, load_dataset
-from auditkit.engine import Engine
-from auditkit.models import AuditModel, LoadedModel, ModelSpec, load_model
+from auditkit.engine.loop import Engine
+from auditkit.inputs.data import ImageDataset, load_dataset
+from auditkit.inputs.models import AuditModel, LoadedModel, ModelSpec, load_model
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from auditkit.checks.shortcut import (
     cue_box,
     paired_difference,
 )
-from auditkit.data import load_dataset
-from auditkit.engine import Engine
+from auditkit.engine.loop import Engine
 from auditkit.exceptions import ConfigError, DataError
+from auditkit.inputs.data import load_dataset
 from auditkit.results import RunResults
 
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from auditkit.checks.subgroups import GroupStats, normalise_column, subgroup_stats
 from auditkit.cli import app
-from auditkit.engine import Outcome
-from auditkit.metrics import expected_calibration_error, holm
+from auditkit.engine.loop import Outcome
+from auditkit.ops.metrics import expected_calibration_error, holm
 
 CLASSES = ("cat", "dog", "emu")
 

@@ -12,7 +12,7 @@ import torch
 
 from auditkit.audit import run_audit, write_outputs
 from auditkit.config import AuditConfig
-from auditkit.models import ModelSpec, save_model
+from auditkit.inputs.models import ModelSpec, save_model
 from auditkit.report.html import render_report
 from auditkit.results import RunResults
 from auditkit.zoo import digits_cnn

@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from auditkit.attacks import NORMS, PGD, Norm, ascent, project
-from auditkit.data import ImageDataset
-from auditkit.engine import Batch, Engine, eval_mode
+from auditkit.engine.loop import Batch, Engine, eval_mode
 from auditkit.exceptions import ConfigError, DataError
+from auditkit.inputs.data import ImageDataset
 from auditkit.io import atomic_write_bytes
-from auditkit.perturb import Affine, rotations
+from auditkit.ops.attacks import NORMS, PGD, Norm, ascent, project
+from auditkit.ops.perturb import Affine, rotations
 
 METHODS: tuple[str, ...] = ("standard", "pgd", "fgsm", "trades")
 ADVERSARIAL: tuple[str, ...] = ("pgd", "fgsm", "trades")

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from auditkit.data import FileImages, ImageDataset
-from auditkit.distributed import World
+from auditkit.engine.distributed import World
+from auditkit.engine.progress import track as _track
+from auditkit.engine.resume import BatchStore, call_name
 from auditkit.exceptions import AuditkitError, ConfigError, ModelError, NonFiniteOutputError, RunError
-from auditkit.progress import track as _track
-from auditkit.resume import BatchStore, call_name
+from auditkit.inputs.data import FileImages, ImageDataset
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")

@@ -24,13 +24,13 @@ from auditkit.checks.attack import AttackResult, AttackSettings
 from auditkit.checks.harden import HardenResult
 from auditkit.checks.rotation import RotationResult, RotationSettings
 from auditkit.config import AuditConfig
-from auditkit.data import ImageDataset
 from auditkit.exceptions import ConfigError
+from auditkit.inputs.data import ImageDataset
+from auditkit.inputs.models import save_model
 from auditkit.io import atomic_write_bytes
-from auditkit.models import save_model
 from auditkit.results import RunResults, collect_metrics, fmt
 from auditkit.settings import Settings, setting
-from auditkit.train import EpochLog, TrainConfig, TrainResult, fingerprint, fit
+from auditkit.training.train import EpochLog, TrainConfig, TrainResult, fingerprint, fit
 
 #: metrics compared before vs after (prefixes); interval bounds and per-class detail are left out
 DELTA_PREFIXES = (

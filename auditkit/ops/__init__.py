@@ -1,0 +1,1 @@
+"""Pure tensor operations on the device: attacks, perturbations, metrics."""

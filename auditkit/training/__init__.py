@@ -1,0 +1,1 @@
+"""Training: the one fit loop (standard, PGD, fast FGSM, TRADES, rotations) and harden."""
