@@ -94,6 +94,8 @@ def run(config: AuditConfig, gate: Gate | None = None) -> RunOutput:
 
     gate = gate or Gate()
     inputs = gate.load()
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise ConfigError(f"--out {config.out} is an existing file; give a folder for results.json and index.html")
     world = dist.init(config.device, required=config.distributed)
     engine = make_engine(config, world)
     try:

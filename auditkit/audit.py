@@ -20,7 +20,7 @@ from auditkit.config import AuditConfig
 from auditkit.engine.distributed import World
 from auditkit.engine.loop import Engine, eval_mode
 from auditkit.engine.resume import BatchStore, run_key
-from auditkit.exceptions import AuditkitError, ConfigError, ModelError, RunError
+from auditkit.exceptions import AuditkitError, ConfigError, ModelError, NonFiniteOutputError, RunError
 from auditkit.inputs.data import INFERRED_SOURCE, ImageDataset, Preprocess, load_dataset
 from auditkit.inputs.models import LoadedModel, ModelSpec, load_model, probe_outputs
 from auditkit.report.html import write_report
@@ -216,6 +216,8 @@ def _run_checks(
         t = time.perf_counter()
         try:
             results.append(check.run(loaded.model, data, engine=engine))
+        except NonFiniteOutputError as exc:  # fail closed: the check is recorded as crashed, the run exits 3
+            results.append(CheckFailure(check=check.name, error=str(exc)))
         except (AuditkitError, KeyboardInterrupt):
             raise
         except Exception as exc:  # fail closed: recorded, reported, and the run exits 3

@@ -6,42 +6,17 @@ uses. Every expected failure is one line on stderr and its exit code (docs/exit-
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from auditkit import options, registry
-from auditkit.exceptions import AuditkitError, ConfigError
+from auditkit.exceptions import ConfigError
+from auditkit.messages import DEBUG, handle_errors, say
 from auditkit.settings import SHARED, EngineSettings, InputSettings, OutputSettings, Settings
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"auditkit: error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def handle_errors(fn: F) -> F:
-    """Turn auditkit errors and Ctrl-C into a one-line message and the documented exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except AuditkitError as exc:
-            raise _fail(str(exc), exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise _fail("interrupted; files already written were kept", 130) from None
-        except MemoryError:
-            raise _fail("out of memory; lower --batch-size or use --limit/--sample", 3) from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 CONFIG = options.option("auditkit.toml with the same keys as these flags; flags win.", "--config", "-c")
 GATE = [
@@ -68,7 +43,7 @@ def _audit_body(checks: tuple[str, ...] | None) -> Callable[[dict[str, Any]], No
         out = api.run(resolve_config(values, config_file), gate)
         if out.main:
             if values.get("resume"):
-                typer.echo(f"resumed: {out.restored} batches restored, {out.computed} computed (rank 0)")
+                say(f"resumed: {out.restored} batches restored, {out.computed} computed (rank 0)")
             _print_summary(out.results, out.json_path, out.html_path)
         raise_for_failures(out.results)
         if out.verdict is not None:
@@ -91,6 +66,12 @@ def _register_audit_commands(app: typer.Typer) -> None:
             app.command(check.command, help=check.help)(options.command(body, params))
 
 
+def _debug(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False,
+) -> None:
+    DEBUG[0] = DEBUG[0] or debug
+
+
 def _single_process(command: str) -> None:
     """Training runs in one process: refuse a torch.distributed launch instead of racing on files."""
     from auditkit.engine.distributed import launched
@@ -105,8 +86,8 @@ def _single_process(command: str) -> None:
 def _finish_gate(verdict: Any, *, quiet: bool = False) -> None:
     if not quiet:
         for v in verdict.verdicts:
-            typer.echo(f"gate {v.status.upper():12s} {v.rule}: {v.message}")
-        typer.echo(f"gate: {'passed' if verdict.passed else 'FAILED'}")
+            say(f"gate {v.status.upper():12s} {v.rule}: {v.message}")
+        say(f"gate: {'passed' if verdict.passed else 'FAILED'}")
     if not verdict.passed:
         raise typer.Exit(1)
 
@@ -116,9 +97,9 @@ def _print_summary(results: Any, json_path: Path | None, html_path: Path | None)
 
     out, err = summary_lines(results, json_path, html_path)
     for line in out:
-        typer.echo(line)
+        say(line)
     for line in err:
-        typer.echo(line, err=True)
+        say(line, err=True)
 
 
 @handle_errors
@@ -138,7 +119,7 @@ def report(
 
     before = RunResults.read(baseline) if baseline is not None else None
     path = write_report(RunResults.read(results), out or results.with_name("index.html"), before)
-    typer.echo(f"report: {path}")
+    say(f"report: {path}")
 
 
 @handle_errors
@@ -168,7 +149,7 @@ def _demo(values: dict[str, Any]) -> None:
     settings = DemoSettings.build(values)
     _single_process("demo")
     for line in run_named_demo(settings):
-        typer.echo(line)
+        say(line)
 
 
 DEMO_HELP = (
@@ -208,14 +189,14 @@ def _harden(values: dict[str, Any]) -> None:
 
     own = {k: values.pop(k) for k in HardenSettings.model_fields}
     cfg = HardenSettings.build(own).config(resolve_config({**values, "out": values["out"] or "reports/harden"}))
-    typer.echo(f"hardening with {cfg.train.label}; auditing the original model first")
+    say(f"hardening with {cfg.train.label}; auditing the original model first")
     _single_process("harden")
-    result = run_harden(cfg, on_epoch=lambda log: typer.echo(f"epoch {log.epoch}/{cfg.train.epochs}: {log.describe()}"))
+    result = run_harden(cfg, on_epoch=lambda log: say(f"epoch {log.epoch}/{cfg.train.epochs}: {log.describe()}"))
     out, err = result.summary_lines()
     for line in err:
-        typer.echo(line, err=True)
+        say(line, err=True)
     for line in out:
-        typer.echo(line)
+        say(line)
 
 
 def build_app() -> typer.Typer:
@@ -231,6 +212,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
     )
+    app.callback()(_debug)
     _register_audit_commands(app)
     for fn in (report, gate):
         app.command()(fn)

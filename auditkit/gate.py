@@ -127,6 +127,12 @@ def load_policy(path: Path) -> Policy:
     if inconclusive not in ("pass", "fail"):
         raise ConfigError(f"policy inconclusive must be 'pass' or 'fail', got {inconclusive!r}")
     base = doc.get("baseline", {})
+    if not rules and not base.get("metrics"):
+        raise ConfigError(f"policy {path} has no [[rule]] and no [baseline] metrics: it would check nothing")
+    for key in ("tolerance", "alpha"):
+        value = base.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"policy {path.name} [baseline] {key} must be a non-negative number, got {value!r}")
     return Policy(
         rules=tuple(rules),
         baseline_metrics=tuple(str(m) for m in base.get("metrics", [])),

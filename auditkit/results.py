@@ -212,8 +212,8 @@ class RunResults:
                 checks.append(_decode(result_cls, item["result"]))
             metrics = {str(k): _decode(float, v) for k, v in doc["metrics"].items()}
             samples = _decode(SampleOutcomes, doc["samples"]) if doc.get("samples") else None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"not a valid auditkit results.json: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"not a valid auditkit results.json: {type(exc).__name__}: {exc}") from exc
         return cls(manifest=manifest, checks=tuple(checks), schema_version=version, metrics=metrics, samples=samples)
 
     def write(self, path: str | Path) -> Path:
@@ -225,6 +225,8 @@ class RunResults:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise DataError(f"cannot read results file {path}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError:
+            raise DataError(f"{path} is not a results.json (not UTF-8 text)") from None
         return cls.from_json(text)
 
 

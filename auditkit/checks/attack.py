@@ -36,17 +36,24 @@ DEFAULT_EPSILONS: dict[str, tuple[float, ...]] = {
 
 
 def parse_epsilons(text: str | None, norm: str) -> tuple[float, ...]:
-    """``"0,0.01,0.03"``, ``"0:0.1:0.02"`` or ``None`` (the norm's default) -> sorted, with 0 first."""
-    if text is None or not text.strip():
+    """``"0,0.01,0.03"``, ``"0:0.1:0.02"`` or ``None`` (the norm's default) -> sorted, with 0 first.
+
+    Epsilons are in ``[0, 1]`` pixel units: an Linf epsilon above 1 covers every image and is refused.
+    """
+    if text is None:
         return DEFAULT_EPSILONS[norm]
+    if not text.strip():
+        raise ConfigError("--epsilons is empty; give a list (0,0.01,0.03) or start:stop:step, or leave it out")
     from auditkit.checks.rotation import parse_angles
 
     try:
-        values = parse_angles(text)
-    except ConfigError:
-        raise ConfigError(f"--epsilons takes a list (0,0.01,0.03) or start:stop:step, got {text!r}") from None
+        values = parse_angles(text, "--epsilons")
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("(e.g. -180:180:10) or a list (e.g. 0,90,180)", "or a list")) from None
     if min(values) < 0:
-        raise ConfigError(f"epsilons must be non-negative, got {min(values)}")
+        raise ConfigError(f"--epsilons must be non-negative, got {min(values)}")
+    if norm == "linf" and max(values) > 1:
+        raise ConfigError(f"--epsilons for linf are in [0, 1] pixel units, got {max(values)}")
     return tuple(sorted({0.0, *values}))
 
 

@@ -32,24 +32,33 @@ DEFAULT_SPATIAL_ANGLES: tuple[float, ...] = tuple(float(a) for a in range(-30, 3
 STRIP_ANGLES: tuple[float, ...] = (-90.0, -45.0, 0.0, 45.0, 90.0, 180.0)
 
 
-def parse_angles(text: str) -> tuple[float, ...]:
-    """``"-180:180:10"`` (inclusive) or ``"0,90,180"`` -> sorted unique angles in degrees."""
+MAX_GRID_POINTS = 10_000
+
+
+def parse_angles(text: str, flag: str = "--angles") -> tuple[float, ...]:
+    """``"-180:180:10"`` (inclusive) or ``"0,90,180"`` -> sorted unique values (at most
+    ``MAX_GRID_POINTS``; every value finite)."""
     try:
         if ":" in text:
             parts = [float(v) for v in text.split(":")]
-            if len(parts) != 3 or parts[2] <= 0 or parts[1] < parts[0]:
+            if len(parts) != 3 or not all(map(math.isfinite, parts)) or parts[2] <= 0 or parts[1] < parts[0]:
                 raise ValueError
             start, stop, step = parts
             count = math.floor((stop - start) / step + 1e-9) + 1
+            if count > MAX_GRID_POINTS:
+                raise ConfigError(f"{flag} {text!r} makes {count:.3g} grid points; at most {MAX_GRID_POINTS}")
             values = [start + i * step for i in range(count)]
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
+            if not all(map(math.isfinite, values)) or len(values) > MAX_GRID_POINTS:
+                raise ValueError
     except ValueError:
         raise ConfigError(
-            f"--angles takes 'start:stop:step' (e.g. -180:180:10) or a list (e.g. 0,90,180), got {text!r}"
+            f"{flag} takes 'start:stop:step' (e.g. -180:180:10) or a list (e.g. 0,90,180) of finite numbers, "
+            f"got {text!r}"
         ) from None
     if not values:
-        raise ConfigError("--angles is empty")
+        raise ConfigError(f"{flag} is empty")
     return tuple(sorted({round(v, 6) for v in values}))
 
 

@@ -379,12 +379,19 @@ class Engine:
                 # parameter-major layout: rows [p0 x B, p1 x B, ...] so a perturbation can share work per row
                 xs = b.x.repeat(c, *([1] * (b.x.ndim - 1)))
                 logits = model(perturbation(xs, p.repeat_interleave(size, dim=0)))
-                preds.append(logits.argmax(dim=1).view(c, size).t().cpu())
+                pred = logits.argmax(dim=1).masked_fill(~torch.isfinite(logits).all(dim=1), -1)
+                preds.append(pred.view(c, size).t().cpu())
             return b.start, b.stop, torch.cat(preds, dim=1)
 
         with eval_mode(model):
             for start, stop, preds in self.map(run, data, description=description):
                 out[start:stop, todo] = preds
+        bad = out < 0
+        if bool(bad.any()):  # never score a NaN logit as an answer
+            raise NonFiniteOutputError(
+                f"{description}: the model returned NaN or infinite logits on {int(bad.sum())} perturbed inputs "
+                f"({int(bad.any(dim=1).sum())} of {len(data)} images)"
+            )
         return out
 
     def predict(self, model: nn.Module, data: ImageDataset) -> Predictions:

@@ -517,7 +517,9 @@ def _decode_files(rows: list[tuple[Path, str, str]], o: LoadOptions) -> _Decoded
     if not kept:
         raise DataError("no readable images in the dataset")
     c, hw = _target_shape(chans, sizes, o.preprocess, o.channels)
-    digest.update(f"channels={c};size={hw};preprocess={o.preprocess!r}".encode())
+    # the plain resize hashes as before this setting existed, so older baselines stay comparable
+    plain = o.preprocess.crop is None and o.preprocess.interpolation == "bilinear" and o.preprocess.antialias
+    digest.update(f"channels={c};size={hw}{'' if plain else f';preprocess={o.preprocess!r}'}".encode())
     out: Images = (
         torch.stack([_conform(im, hw, c, o.preprocess) for im in images]).contiguous()
         if images is not None

@@ -80,9 +80,15 @@ class ModelSpec:
         unknown = sorted(set(doc) - known)
         if unknown:
             raise ConfigError(f"model spec {path} has unknown keys {unknown}; allowed: {sorted(known)}")
+        if not isinstance(doc, dict):
+            raise ConfigError(f"model spec {path} must be a JSON object, got {type(doc).__name__}")
         for key in ("input_size", "mean", "std", "class_names", "crop"):
             if doc.get(key) is not None:
+                if not isinstance(doc[key], list):
+                    raise ConfigError(f"model spec {path}: {key} must be a list, got {doc[key]!r}")
                 doc[key] = tuple(doc[key])
+        if not isinstance(doc.get("arch_kwargs", {}), dict):
+            raise ConfigError(f"model spec {path}: arch_kwargs must be an object, got {doc['arch_kwargs']!r}")
         return cls(**doc)
 
 
