@@ -94,6 +94,10 @@ def run(config: AuditConfig, gate: Gate | None = None) -> RunOutput:
 
     gate = gate or Gate()
     inputs = gate.load()
+    if inputs is not None and inputs[1] is not None:  # refuse a mismatched baseline before any work
+        from auditkit.gate import check_settings_comparable
+
+        check_settings_comparable(config.as_pairs(), inputs[1])
     if Path(config.out).exists() and not Path(config.out).is_dir():
         raise ConfigError(f"--out {config.out} is an existing file; give a folder for results.json and index.html")
     world = dist.init(config.device, required=config.distributed)

@@ -248,18 +248,22 @@ def check_comparable(results: RunResults, baseline: RunResults) -> None:
         raise DataError(
             "the baseline was measured on different data (data SHA-256 differs); re-run it on the same data"
         )
-    mine, theirs = dict(results.manifest.config), dict(baseline.manifest.config)
+    check_settings_comparable(results.manifest.config, baseline)
+
+
+def check_settings_comparable(config: tuple[tuple[str, str], ...], baseline: RunResults) -> None:
+    """Refuse a baseline made with another value of any comparable setting (naming the first); an
+    audit calls this before its first batch, with its own ``config.as_pairs()``."""
     from auditkit.config import comparable_keys, default_reprs
 
     # a key one run does not record (an older auditkit) counts as its default value
     defaults = default_reprs()
-    differ = [
-        k for k in comparable_keys() if k != "data" and mine.get(k, defaults.get(k)) != theirs.get(k, defaults.get(k))
-    ]
+    mine, theirs = defaults | dict(config), defaults | dict(baseline.manifest.config)
+    differ = [k for k in comparable_keys() if k != "data" and mine.get(k) != theirs.get(k)]
     if differ:
         k = differ[0]
         raise DataError(
-            f"the baseline used a different configuration ({k}: {theirs[k]} vs {mine[k]} now); "
+            f"the baseline used a different configuration ({k}: {theirs.get(k)} vs {mine.get(k)} now); "
             "compare runs made with the same settings"
         )
 

@@ -293,3 +293,22 @@ def test_baseline_with_other_shortcut_saliency_or_amp_settings_is_refused(result
     policy = Policy(rules=(), baseline_metrics=("clean.accuracy",))
     with pytest.raises(DataError, match=f"different configuration \\({key}:"):
         evaluate(loaded, policy, other)
+
+
+def test_mismatched_baseline_is_refused_before_the_audit_runs(
+    results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import auditkit.api
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the audit ran although the baseline cannot be compared")
+
+    monkeypatch.setattr(auditkit.api, "run_audit", never)
+    policy = tmp_path / "p.toml"
+    policy.write_text('[baseline]\nmetrics = ["clean.accuracy"]\n')
+    model = results.parent / "model" / "model.safetensors"
+    args = ["audit", str(model), str(results.parent / "data" / "test.csv"), "--cue-size", "8"]
+    args += ["--epsilons", "0,0.01,0.02,0.05,0.1"]  # as the demo ran, so cue_size is the one difference
+    out = CliRunner().invoke(app, [*args, "--policy", str(policy), "--baseline", str(results), "--out", str(tmp_path)])
+    assert out.exit_code == 3, out.output
+    assert "cue_size: 4 vs 8 now" in out.output
