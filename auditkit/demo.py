@@ -1,6 +1,6 @@
 """The embedded default: write the digits dataset to disk, train the digits CNN, audit it.
 
-The audit goes through :func:`auditkit.audit.run_audit` on the files written here, exactly
+The audit goes through :func:`auditkit.api.run` on the files written here, exactly
 as a user's model and data would.
 """
 
@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from pydantic import model_validator
 
-from auditkit.audit import make_engine, raise_for_failures, run_audit, write_outputs
+from auditkit import api
+from auditkit.audit import make_engine, raise_for_failures
 from auditkit.config import AuditConfig
-from auditkit.gate import evaluate, load_policy, with_gate
 from auditkit.inputs.data import DIGITS_SITE_NOTE, card_path, digits_split, load_dataset
 from auditkit.inputs.models import AuditModel, ModelSpec, save_model
 from auditkit.io import atomic_write_bytes, atomic_write_text
@@ -197,9 +197,8 @@ def run_demo(
     )
     policy = root / "policy.toml"
     atomic_write_text(policy, DEMO_POLICY)
-    results = run_audit(config)
-    results = with_gate(results, evaluate(results, load_policy(policy)))
-    _, report = write_outputs(results, root)
+    written = api.run(config, api.Gate(policy=policy))
+    results, report = written.results, root / "index.html"
     raise_for_failures(results)
     shortcut = run_shortcut_demo(root, model_path, seed=seed, epochs=epochs, device=device, progress=progress)
     return DemoOutput(
@@ -239,8 +238,7 @@ def run_shortcut_demo(
             progress=progress,
             checks=("clean", "shortcut"),
         )
-        results = run_audit(config)
-        write_outputs(results, root / f"shortcut-{name}")
+        results = api.run(config).results
         raise_for_failures(results)
         out[name] = results
     return out

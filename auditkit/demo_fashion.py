@@ -2,7 +2,7 @@
 
 The data is Debian's ``dataset-fashion-mnist`` package (MNIST-style IDX files under
 ``/usr/share/datasets/fashion-mnist``); nothing is downloaded. As in :mod:`auditkit.demo`, the
-audit goes through :func:`auditkit.audit.run_audit` on the files written here, exactly as a
+audit goes through :func:`auditkit.api.run` on the files written here, exactly as a
 user's model and data would, so every finding in the report (which classes are confused, which
 come back when turned upside down, how fast the adversarial curve falls) comes from the checks.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from auditkit.audit import make_engine, raise_for_failures, run_audit, write_outputs
+from auditkit import api
+from auditkit.audit import make_engine, raise_for_failures
 from auditkit.config import AuditConfig
 from auditkit.exceptions import ConfigError
-from auditkit.gate import evaluate, load_policy, with_gate
 from auditkit.inputs.data import idx_splits, load_dataset
 from auditkit.inputs.models import AuditModel, ModelSpec, build_architecture, save_model
 from auditkit.io import atomic_write_text
@@ -209,9 +209,8 @@ def run_fashion_demo(
     _, logs = train_fashion_model(
         data, model_path, seed=seed, epochs=epochs, device=device, progress=progress, train_limit=train_limit
     )
-    results = run_audit(config)
-    results = with_gate(results, evaluate(results, load_policy(policy)))
-    _, report = write_outputs(results, root)
+    written = api.run(config, api.Gate(policy=policy))
+    results, report = written.results, root / "index.html"
     raise_for_failures(results)
     return FashionDemoOutput(
         out=root, model_path=model_path, data_root=data, report=report, results=results, training=tuple(logs)
