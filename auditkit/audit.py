@@ -23,7 +23,8 @@ from auditkit.engine.resume import BatchStore, run_key
 from auditkit.exceptions import AuditkitError, ConfigError, ModelError, NonFiniteOutputError, RunError
 from auditkit.inputs.data import INFERRED_SOURCE, ImageDataset, Preprocess, load_dataset
 from auditkit.inputs.models import LoadedModel, ModelSpec, load_model, probe_outputs
-from auditkit.report.html import write_report
+from auditkit.io import atomic_write_files
+from auditkit.report.html import render_report
 from auditkit.results import RunManifest, RunResults, SampleOutcomes, collect_metrics
 
 
@@ -215,7 +216,8 @@ def _run_checks(
     for check in build_checks(config):
         t = time.perf_counter()
         try:
-            results.append(check.run(loaded.model, data, engine=engine))
+            with engine.finite_outputs(loaded.model, f"check '{check.name}'"):
+                results.append(check.run(loaded.model, data, engine=engine))
         except NonFiniteOutputError as exc:  # fail closed: the check is recorded as crashed, the run exits 3
             results.append(CheckFailure(check=check.name, error=str(exc)))
         except (AuditkitError, KeyboardInterrupt):
@@ -282,8 +284,12 @@ def raise_for_failures(results: RunResults) -> None:
 
 
 def write_outputs(results: RunResults, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``index.html`` into ``out_dir`` (each atomically)."""
+    """Write ``results.json`` and ``index.html`` into ``out_dir`` as a pair: both are rendered and
+    written to temporary files first, then renamed into place, so a failure (a full disk) leaves
+    the old pair untouched. Both carry the same run id."""
     out = Path(out_dir)
-    json_path = results.write(out / "results.json")
-    html_path = write_report(results, out / "index.html")
+    html = render_report(results)
+    json_path, html_path = atomic_write_files(
+        [(out / "results.json", results.to_json().encode()), (out / "index.html", html.encode())]
+    )
     return json_path, html_path

@@ -115,10 +115,15 @@ def report(
 ) -> None:
     """Re-render the HTML report from a results.json alone, without re-running anything."""
     from auditkit.report.html import write_report
-    from auditkit.results import RunResults
+    from auditkit.results import RunResults, pair_notice
 
     before = RunResults.read(baseline) if baseline is not None else None
-    path = write_report(RunResults.read(results), out or results.with_name("index.html"), before)
+    loaded = RunResults.read(results)
+    target = out or results.with_name("index.html")
+    notice = pair_notice(results, loaded)
+    path = write_report(loaded, target, before)
+    if notice and target.resolve() != results.with_name("index.html").resolve():
+        say(f"warning: {notice}", err=True)
     say(f"report: {path}")
 
 
@@ -138,7 +143,11 @@ def gate(
 ) -> None:
     """Gate a results.json against a policy (and a baseline run): exit 0 pass, 1 fail."""
     from auditkit.api import Gate, regate
+    from auditkit.results import RunResults, pair_notice
 
+    notice = pair_notice(results, RunResults.read(results))
+    if notice:
+        say(f"warning: {notice}", err=True)
     _finish_gate(regate(results, Gate(policy, baseline, junit, summary), out))
 
 

@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +15,43 @@ from auditkit.exceptions import ConfigError, OutputWriteError
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    target = Path(path)
+    return atomic_write_files([(Path(path), data)])[0]
+
+
+def atomic_write_files(files: Sequence[tuple[Path, bytes]]) -> list[Path]:
+    """Write several files as one unit: every file goes to a temporary file in its folder first
+    (flushed to disk), and only when all are written are they renamed into place, one after the
+    other. A failure while writing (a full disk) leaves every old file as it was and no temporary
+    file behind. Returns the target paths.
+    """
+    temps: list[tuple[str, Path]] = []
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise OutputWriteError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask like open() does
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise OutputWriteError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        for target, data in files:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            except OSError as exc:
+                raise OutputWriteError(f"cannot write {target}: {exc.strerror or exc}") from exc
+            temps.append((tmp, target))
+            try:
+                os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask like open() does
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise OutputWriteError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        for tmp, target in temps:
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise OutputWriteError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    except BaseException:
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
-    return target
+    return [target for target, _ in files]
 
 
 def _umask() -> int:

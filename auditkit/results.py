@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -172,6 +173,13 @@ class RunResults:
     schema_version: str = SCHEMA_VERSION
     metrics: Mapping[str, float] = field(default_factory=dict)
     samples: SampleOutcomes | None = None
+    recorded_run_id: str = field(default="", compare=False)  # as read from a results.json
+
+    @property
+    def run_id(self) -> str:
+        """16 hex digits that identify this run's results: stored in results.json and in the report
+        written with it, so a reader can tell that the two files belong together."""
+        return self.recorded_run_id or hashlib.sha256(self._document().encode()).hexdigest()[:16]
 
     def check(self, cls: type[T]) -> T | None:
         """The first result of type ``cls``, or ``None`` when that check did not run."""
@@ -180,15 +188,20 @@ class RunResults:
                 return result
         return None
 
-    def to_json(self) -> str:
-        doc = {
+    def _fields(self) -> dict[str, Any]:
+        return {
             "schema_version": self.schema_version,
             "manifest": _encode(self.manifest),
             "metrics": {k: _encode(v) for k, v in sorted(self.metrics.items())},
             "checks": [{"kind": c.kind, "result": _encode(c)} for c in self.checks],
             "samples": _encode(self.samples) if self.samples is not None else None,
         }
-        return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+    def _document(self) -> str:
+        return json.dumps(self._fields(), indent=2, allow_nan=False)
+
+    def to_json(self) -> str:
+        return json.dumps({"run_id": self.run_id, **self._fields()}, indent=2, allow_nan=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> RunResults:
@@ -212,9 +225,19 @@ class RunResults:
                 checks.append(_decode(result_cls, item["result"]))
             metrics = {str(k): _decode(float, v) for k, v in doc["metrics"].items()}
             samples = _decode(SampleOutcomes, doc["samples"]) if doc.get("samples") else None
+            run_id = doc.get("run_id", "")
+            if not isinstance(run_id, str):
+                raise TypeError(f"run_id must be a string, got {type(run_id).__name__}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DataError(f"not a valid auditkit results.json: {type(exc).__name__}: {exc}") from exc
-        return cls(manifest=manifest, checks=tuple(checks), schema_version=version, metrics=metrics, samples=samples)
+        return cls(
+            manifest=manifest,
+            checks=tuple(checks),
+            schema_version=version,
+            metrics=metrics,
+            samples=samples,
+            recorded_run_id=run_id,
+        )
 
     def write(self, path: str | Path) -> Path:
         return atomic_write_text(path, self.to_json())
@@ -228,6 +251,28 @@ class RunResults:
         except UnicodeDecodeError:
             raise DataError(f"{path} is not a results.json (not UTF-8 text)") from None
         return cls.from_json(text)
+
+
+RUN_ID_META = re.compile(r'<meta name="auditkit-run-id" content="([0-9a-f]*)">')
+
+
+def pair_notice(results_path: Path, results: RunResults) -> str | None:
+    """A warning when the ``index.html`` beside ``results_path`` is not the report of ``results``
+    (written by another run, or by an auditkit without run ids); ``None`` when they match or there
+    is no report."""
+    report = results_path.with_name("index.html")
+    try:
+        head = report.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return None
+    found = RUN_ID_META.search(head)
+    theirs = found.group(1) if found else "none"
+    if theirs == results.run_id:
+        return None
+    return (
+        f"{report} is not the report of {results_path.name} (run id {theirs} there, {results.run_id} here); "
+        f"rebuild it with: auditkit report {results_path}"
+    )
 
 
 def pct(value: float | None, digits: int = 1) -> str:

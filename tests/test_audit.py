@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,50 @@ def test_near_chance_accuracy_warns(tmp_path: Path, tiny_net: torch.nn.Module) -
     assert results.metrics["clean.accuracy"] <= 0.15
     assert any("near chance" in w and "--mean/--std" in w for w in results.manifest.warnings)
     assert results.manifest.class_source == "model spec (model.json)"
+
+
+class NanUnderGrad(torch.nn.Module):
+    """A digits model that is finite on the clean (no-grad) pass and NaN whenever the input needs
+    a gradient: every attack step, probe and saliency pass."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        from auditkit.zoo import digits_cnn
+
+        self.net = digits_cnn(num_classes=num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return out * float("nan") if x.requires_grad else out
+
+
+def nan_under_grad(num_classes: int = 10) -> NanUnderGrad:
+    return NanUnderGrad(num_classes)
+
+
+@pytest.mark.parametrize("check", ["attack", "saliency"])
+def test_nan_logits_inside_gradient_passes_fail_the_check_closed(tmp_path: Path, check: str) -> None:
+    from auditkit.checks.base import CheckFailure
+
+    torch.manual_seed(0)
+    spec = DIGITS_SPEC.merged(arch="tests.test_audit:nan_under_grad")
+    model = save_model(NanUnderGrad(), spec, tmp_path / "model.safetensors")
+    config = resolve_config(
+        {
+            "model": str(model),
+            "arch": "tests.test_audit:nan_under_grad",
+            "data": "digits",
+            "limit": 16,
+            "checks": (check,),
+            "epsilons": "0,0.03",
+            "device": "cpu",
+            "progress": False,
+        }
+    )
+    results = run_audit(config)
+    failures = [c for c in results.checks if isinstance(c, CheckFailure)]
+    assert [f.check for f in failures] == [check]
+    assert re.search(
+        rf"check '{check}': the model returned NaN or infinite logits for \d+ of \d+ inputs", failures[0].error
+    )
+    assert not any(k.startswith(f"{check}.") and "crashed" not in k for k in results.metrics)

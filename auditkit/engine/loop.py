@@ -197,6 +197,41 @@ class Engine:
         self._calls = 0
         self._clean: list[tuple[nn.Module, ImageDataset, Predictions]] = []
         self._outcomes: list[tuple[ImageDataset, Outcome]] = []
+        self._counting_nonfinite = 0  # > 0 inside sweep/predict, which count non-finite outputs themselves
+
+    @contextlib.contextmanager
+    def finite_outputs(self, model: nn.Module, what: str) -> Iterator[None]:
+        """Every forward pass of ``model`` inside this block must return finite logits ``(B, K)``.
+
+        A NaN or infinite logit in any pass (attack steps, saliency, probes) raises
+        :class:`NonFiniteOutputError` naming ``what`` and how many inputs of that batch were
+        affected, so no number is ever computed from it. :meth:`sweep` and :meth:`predict` count
+        the affected images over the whole pass themselves.
+        """
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self._counting_nonfinite or not isinstance(output, Tensor) or not output.is_floating_point():
+                return
+            finite = torch.isfinite(output.detach()).reshape(output.shape[0], -1).all(dim=1)
+            if not bool(finite.all()):
+                raise NonFiniteOutputError(
+                    f"{what}: the model returned NaN or infinite logits for {int((~finite).sum())} of "
+                    f"{output.shape[0]} inputs in one batch; no number from this pass is reported"
+                )
+
+        handle = model.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
+    def _counting(self) -> Iterator[None]:
+        self._counting_nonfinite += 1
+        try:
+            yield
+        finally:
+            self._counting_nonfinite -= 1
 
     def publish(self, data: ImageDataset, outcome: Outcome) -> None:
         """Share a per-sample outcome of one check (e.g. robust or not) with later checks."""
@@ -383,7 +418,7 @@ class Engine:
                 preds.append(pred.view(c, size).t().cpu())
             return b.start, b.stop, torch.cat(preds, dim=1)
 
-        with eval_mode(model):
+        with eval_mode(model), self._counting():
             for start, stop, preds in self.map(run, data, description=description):
                 out[start:stop, todo] = preds
         bad = out < 0
@@ -401,7 +436,7 @@ class Engine:
                 return preds
         self.to_device(model)
         chunks: list[Tensor] = []
-        with eval_mode(model):
+        with eval_mode(model), self._counting():
             try:
                 for logits in self.map(lambda b: model(b.x).float().cpu(), data, description="clean pass"):
                     chunks.append(logits)

@@ -271,17 +271,85 @@ def digits_split(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+_HIGH_DEPTH_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_GREY_MODES = ("1", "L", "LA", "La", *_HIGH_DEPTH_GREY_MODES)
+
+
+def _declares_16_bit(img: Image.Image) -> bool:
+    """Whether a mode ``I`` image comes from a file that declares unsigned samples of at most 16 bits."""
+    if img.format in ("PNG", "PPM"):
+        # Pillow opens a PNG as mode I only for 16-bit greyscale, and a PGM only when maxval > 255
+        # (which it rescales to 0..65535)
+        return True
+    if img.format == "TIFF":
+        tags = getattr(img, "tag_v2", {})
+        bits, sample_format = tags.get(258, ()), tags.get(339, 1)
+        bits = tuple(bits) if isinstance(bits, (tuple, list)) else (bits,)
+        sample_format = tuple(sample_format) if isinstance(sample_format, (tuple, list)) else (sample_format,)
+        return bits == (16,) and all(s == 1 for s in sample_format)
+    return False
+
+
+def _to_8_bit_grey(img: Image.Image, path: Path) -> Image.Image:
+    """A 16-bit (``I;16*``, ``I``) or float (``F``) grey image as an 8-bit ``L`` image, or ``DataError``."""
+    a = np.asarray(img)
+    if img.mode == "F":
+        if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
+            finite = a[np.isfinite(a)]
+            span = f"[{finite.min():g}, {finite.max():g}]" if finite.size else "no finite values"
+            nan = "" if finite.size == a.size else " and NaN/inf"
+            raise DataError(
+                f"{path}: mode F (32-bit float) pixels span {span}{nan}, not [0, 1]; their 8-bit scale is "
+                "ambiguous, so the image is refused (save it as 8- or 16-bit PNG, or as float in [0, 1])"
+            )
+        # as scikit-image's img_as_ubyte: multiply by 255 in float32 and round half to even
+        return Image.fromarray(np.rint(np.multiply(a, 255, dtype=np.float32)).astype(np.uint8))
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    if img.mode == "I" and (lo < 0 or hi > 65535 or not _declares_16_bit(img)):
+        raise DataError(
+            f"{path}: mode I (32-bit integer) pixels span [{lo}, {hi}] in a {img.format or 'unknown-format'} file "
+            "that does not declare unsigned 16-bit samples; their 8-bit scale is ambiguous, so the image is "
+            "refused (save it as 8- or 16-bit PNG)"
+        )
+    # 16 bit -> 8 bit keeps the high byte (v >> 8 == v // 256), as scikit-image's img_as_ubyte does for
+    # uint16, libpng's png_set_strip_16, and Pillow itself for 16-bit RGB(A) PNGs
+    return Image.fromarray((a.astype(np.uint32) >> 8).astype(np.uint8))
+
+
 def decode_image(path: Path, *, mode: str | None) -> Tensor:
     """Decode one image file to ``(C, H, W)`` uint8; ``mode`` is ``"L"``, ``"RGB"`` or ``None``.
+
+    ``mode`` forces the output; ``None`` keeps grey images grey (``C=1``: Pillow modes 1, L, LA,
+    I, I;16*, F, and 16-bit grey+alpha PNGs, which Pillow opens as RGBA) and makes every other
+    mode RGB (``C=3``: P, PA, RGB, RGBA, CMYK, YCbCr, LAB, HSV, via Pillow's own conversion).
+    Alpha (LA, RGBA, PA, P with transparency) is dropped, not composited, as Pillow's ``convert``
+    does. High-depth grey pixels are brought to 8 bits as follows, and refused (``DataError``
+    naming the file, mode and value range) when that scale is ambiguous:
+
+    * 16-bit (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, and mode ``I`` from a file that declares
+      unsigned 16-bit samples: every mode-I PNG, since Pillow opens 16-bit greyscale PNGs as I;16
+      or I depending on version; a 16-bit PGM; a TIFF with BitsPerSample 16, unsigned) keep the
+      high byte, ``v >> 8``: scikit-image's ``img_as_ubyte`` for uint16, and what Pillow already
+      does for 16-bit RGB PNGs. (Unlike ``img_as_ubyte``, an image whose values are all below 256
+      is scaled too: the file's bit depth, not its content, decides.)
+    * Other mode ``I`` (32-bit or signed integer TIFFs, other formats) is refused, whatever the
+      values: 8-bit data in 32-bit samples cannot be told from dark 16-bit data.
+    * ``F`` (32-bit float, e.g. a float TIFF) in ``[0, 1]`` becomes ``rint(255 * v)`` as
+      ``img_as_ubyte`` computes it; values outside ``[0, 1]``, NaN or inf are refused.
 
     Pillow's decompression-bomb warning is escalated to an error.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # palette transparency given as bytes: Pillow warns that convert("RGB") drops it, as documented
+        warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
         with Image.open(path) as img:
+            png = getattr(img, "png", None)  # the PNG header, gone after load()
+            grey_alpha_16 = png is not None and getattr(png, "im_rawmode", None) == "LA;16B"
             img.load()
-            target = mode or ("L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-            converted = img.convert(target)
+            grey = img.mode in _GREY_MODES or grey_alpha_16
+            img8 = _to_8_bit_grey(img, path) if img.mode in _HIGH_DEPTH_GREY_MODES else img
+            converted = img8.convert(mode or ("L" if grey else "RGB"))
     return TF.pil_to_tensor(converted)
 
 
@@ -497,6 +565,9 @@ def _decode_files(rows: list[tuple[Path, str, str]], o: LoadOptions) -> _Decoded
                 "decompression bomb" if "decompression bomb" in str(exc).lower() else " ".join(str(exc).split())[:160]
             )
             skipped.append((shown, reason or type(exc).__name__))
+            continue
+        except DataError as exc:  # an ambiguous pixel scale (see decode_image): refused, listed as skipped
+            skipped.append((shown, str(exc).removeprefix(f"{path}: ")))
             continue
         kept.append(i)
         chans.add(int(im.shape[0]))
