@@ -274,6 +274,8 @@ def describe_error(exc: Exception, where: str = "", known: tuple[str, ...] = ())
         return ConfigError(f"{where}unknown setting {name!r}{hint} (see auditkit audit --help)")
     if err["type"] == "missing":
         return ConfigError(f"{where}{name} must be set")
+    if not err["loc"]:  # a rule across settings (model validator): its message names the flags
+        return ConfigError(f"{where}{message}")
     return ConfigError(f"{where}{name}: {message}{shown if shown not in message else ''}")
 
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from torch import Tensor, nn
 
 from auditkit.checks.base import Check
@@ -213,6 +213,16 @@ class RotationSettings(Settings):
     def _angles(cls, value: str) -> str:
         parse_angles(value)
         return value
+
+    @model_validator(mode="after")
+    def _spatial_grid(self) -> RotationSettings:
+        points = len(parse_angles(self.spatial_angles)) * self.translate_steps**2
+        if self.spatial and points > MAX_GRID_POINTS:
+            raise ValueError(
+                f"the spatial grid (--spatial-angles x --translate-steps squared) has {points} points; "
+                f"at most {MAX_GRID_POINTS}: use fewer angles or shift steps"
+            )
+        return self
 
 
 class RotationSweep(Check):

@@ -258,7 +258,7 @@ class ShortcutSettings(Settings):
         "mean", "How cue boxes (manifest columns x0,y0,x1,y1) are hidden: mean, blur, noise."
     )
     shift: float = setting(2.0, "Location probe: largest shift in pixels.", ge=0)
-    shift_steps: int = setting(5, "Location probe: shifts per axis.", ge=1)
+    shift_steps: int = setting(5, "Location probe: shifts per axis (at most 100: a 100 x 100 grid).", ge=1, le=100)
 
 
 class ShortcutProbes(Check):

@@ -191,3 +191,17 @@ def test_rotate_cli_on_torchvision_state_dict(tmp_path: Path) -> None:
     assert doc["metrics"]["rotation.accuracy[angle=0]"] == doc["metrics"]["clean.accuracy"]
     assert "rotation.accuracy[angle=-45]" in doc["metrics"]
     assert (tmp_path / "out" / "index.html").is_file()
+
+
+def test_grid_sizes_are_capped_with_a_message_naming_the_flags() -> None:
+    from auditkit.checks.rotation import RotationSettings
+    from auditkit.checks.shortcut import ShortcutSettings
+    from auditkit.config import AuditConfig
+
+    RotationSettings(translate_steps=40, spatial=False)  # 11 angles x 40^2 = 17,600 > 10,000: only spatial counts
+    with pytest.raises(ConfigError, match=r"spatial grid .* has 17600 points; at most 10000"):
+        AuditConfig.build({"model": "m", "data": "digits", "translate_steps": 40})
+    AuditConfig.build({"model": "m", "data": "digits", "translate_steps": 40, "spatial": False})
+    with pytest.raises(ConfigError, match="shift_steps"):
+        AuditConfig.build({"model": "m", "data": "digits", "shift_steps": 101})
+    assert ShortcutSettings(shift_steps=100).shift_steps == 100
