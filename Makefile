@@ -13,6 +13,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps torchattacks==3.5.1  # reference APGD/APGD-T in tests (its requests pin conflicts)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -158,6 +158,7 @@ def audit_config_toml(*, root: Path, data_root: Path, seed: int, sample: int) ->
         f"# re-run this audit with: auditkit audit --config {root / 'auditkit.toml'}\n"
         f'model = "model/model.safetensors"\ndata = {json.dumps(str(data_root.resolve()))}\nsplit = "test"\n'
         f'out = "."\nseed = {seed}\nsample = {sample}\nepsilons = "{FASHION_EPSILONS}"\nsteps = {FASHION_STEPS}\n'
+        f'strength = "fast"  # PGD, minutes on a CPU; the default, standard (APGD-CE + APGD-T), is stronger\n'
         f"checks = {json.dumps(list(FASHION_CHECKS))}\n"
     )
 
@@ -199,6 +200,7 @@ def run_fashion_demo(
         progress=progress,
         epsilons=FASHION_EPSILONS,
         steps=FASHION_STEPS,
+        strength="fast",
         checks=FASHION_CHECKS,
     )
     atomic_write_text(

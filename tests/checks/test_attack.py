@@ -53,7 +53,7 @@ def test_at_least_as_strong_as_foolbox(
 
 
 def test_curve_is_nested_and_starts_at_clean(demo_model: LoadedModel, sample: ImageDataset) -> None:
-    check = AdversarialAttack(epsilons=(0.0, 0.02, 0.05, 0.1), steps=10, sanity_samples=40)
+    check = AdversarialAttack(strength="fast", epsilons=(0.0, 0.02, 0.05, 0.1), steps=10, sanity_samples=40)
     result = check.run(demo_model.model, sample, engine=engine())
     assert isinstance(result, AttackResult)
     accs = [p.robust.value for p in result.curve]
@@ -103,7 +103,8 @@ def test_gradient_masking_models_raise_the_matching_flag(
 ) -> None:
     masked = wrapper(demo_model.model).eval()
     data = sample.take(torch.arange(60))
-    result = AdversarialAttack(epsilons=(0.0, 0.05), steps=10, sanity_samples=40).run(masked, data, engine=engine())
+    check = AdversarialAttack(strength="fast", epsilons=(0.0, 0.05), steps=10, sanity_samples=40)
+    result = check.run(masked, data, engine=engine())
     assert isinstance(result, AttackResult)
     failed = {s.name for s in result.soundness if not s.passed}
     assert flag in failed
@@ -124,7 +125,7 @@ class _Recorder(torch.nn.Module):
 
 def test_soundness_runs_in_engine_batches_with_the_same_verdicts(demo_model: LoadedModel, sample: ImageDataset) -> None:
     data = sample.take(torch.arange(60))
-    check = AdversarialAttack(epsilons=(0.0, 0.1), steps=5, sanity_samples=40, examples=4)
+    check = AdversarialAttack(strength="fast", epsilons=(0.0, 0.1), steps=5, sanity_samples=40, examples=4)
     recorder = _Recorder(demo_model.model).eval()
     small = check.run(recorder, data, engine=Engine(device="cpu", batch_size=16, progress=False))
     large = check.run(demo_model.model, data, engine=Engine(device="cpu", batch_size=256, progress=False))
@@ -132,9 +133,9 @@ def test_soundness_runs_in_engine_batches_with_the_same_verdicts(demo_model: Loa
     # the 40 soundness images were once one tensor; now no pass sees more than a batch
     assert max(recorder.sizes) <= 16
     assert [(s.name, s.passed) for s in small.soundness] == [(s.name, s.passed) for s in large.soundness]
-    assert len(small.soundness) == 9 and all(s.passed for s in small.soundness)
+    assert len(small.soundness) == 10 and all(s.passed for s in small.soundness)
     # the six checks without an attack reduce per-sample values: the same figures whatever the batching
-    for a, b in zip(small.soundness[:6], large.soundness[:6], strict=True):
+    for a, b in zip(small.soundness[:7], large.soundness[:7], strict=True):
         assert a.value == pytest.approx(b.value, abs=1e-6), a.name
 
 
@@ -142,7 +143,7 @@ def test_soundness_batches_are_saved_and_restored_on_resume(
     demo_model: LoadedModel, sample: ImageDataset, tmp_path: Path
 ) -> None:
     data = sample.take(torch.arange(60))
-    check = AdversarialAttack(epsilons=(0.0, 0.1), steps=5, sanity_samples=40, examples=0)
+    check = AdversarialAttack(strength="fast", epsilons=(0.0, 0.1), steps=5, sanity_samples=40, examples=0)
 
     def run(resume: bool) -> tuple[AttackResult, Engine]:
         eng = Engine(device="cpu", batch_size=16, progress=False)
@@ -199,3 +200,74 @@ def test_parse_epsilons() -> None:
     assert parse_epsilons("0.1,0.05", "linf") == (0.0, 0.05, 0.1)
     with pytest.raises(ConfigError, match="--epsilons"):
         parse_epsilons("big", "linf")
+
+
+class _Confident(torch.nn.Module):
+    """The demo CNN with its logits scaled up: the same predictions, but a softmax saturated enough that
+    the cross-entropy gives PGD almost no gradient (the DLR loss is scale-invariant)."""
+
+    def __init__(self, inner: torch.nn.Module, scale: float = 30.0) -> None:
+        super().__init__()
+        self.inner, self.scale = inner, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.scale
+
+
+def _soundness(result: AttackResult) -> dict[str, bool]:
+    return {s.name: s.passed for s in result.soundness}
+
+
+def test_convergence_check_fires_on_fast_and_stays_quiet_on_standard(
+    demo_model: LoadedModel, sample: ImageDataset
+) -> None:
+    model = _Confident(demo_model.model).eval()
+    data = sample.take(torch.arange(100))
+    eps = (0.0, 0.05)
+    fast = AdversarialAttack(strength="fast", epsilons=eps, sanity_samples=100, examples=0).run(
+        model, data, engine=engine()
+    )
+    standard = AdversarialAttack(strength="standard", steps=50, epsilons=eps, sanity_samples=100, examples=0).run(
+        model, data, engine=engine()
+    )
+    assert isinstance(fast, AttackResult) and isinstance(standard, AttackResult)
+    assert fast.strength == "fast" and standard.strength == "standard"
+    assert fast.attack == "PGD-20 Linf" and standard.attack.startswith("APGD-CE + APGD-T Linf (50 steps, 9 targets")
+    assert not _soundness(fast)["converged"], fast.soundness[-1].explanation
+    assert _soundness(standard)["converged"], standard.soundness[-1].explanation
+    # standard is the stronger attack: a lower (tighter) upper bound on robust accuracy
+    assert standard.curve[-1].robust.value < fast.curve[-1].robust.value - 0.05
+    assert "loose upper bound" in fast.headline() and "loose" not in standard.headline()
+
+
+class _HardThreshold(torch.nn.Module):
+    """Binarises its input: no autograd path from the pixels to the logits."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner((x > 0.5).float())
+
+
+def test_a_model_without_gradient_gets_a_flag_and_no_curve(demo_model: LoadedModel, sample: ImageDataset) -> None:
+    model = _HardThreshold(demo_model.model).eval()
+    data = sample.take(torch.arange(40))
+    for strength in ("fast", "standard"):
+        result = AdversarialAttack(strength=strength, epsilons=(0.0, 0.05), sanity_samples=20).run(  # type: ignore[arg-type]
+            model, data, engine=engine()
+        )
+        assert isinstance(result, AttackResult)
+        assert result.curve == () and not _soundness(result)["gradient_signal"]
+        assert not any(k.startswith("attack.robust_accuracy") for k in result.metrics())
+        assert result.metrics()["attack.soundness_warnings"] == 1.0
+        assert "no gradient signal" in result.headline()
+
+
+def test_fast_only_settings_are_refused_with_standard() -> None:
+    from auditkit.checks.attack import AttackSettings
+
+    AttackSettings(strength="fast", targeted=True, rel_step=0.1)
+    with pytest.raises(ValueError, match="--rel-step, --targeted set the PGD of --strength fast"):
+        AttackSettings(targeted=True, rel_step=0.1)

@@ -1,0 +1,281 @@
+"""Auto-PGD (APGD): PGD with momentum and an adaptive step size, under Linf and L2, in ``[0, 1]`` pixel space.
+
+After F. Croce and M. Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020 (arXiv:2003.01690), Section 3 / Algorithm 1:
+
+- the step size starts at ``2 * eps`` and is halved at checkpoints ``w_j = ceil(p_j * steps)``,
+  ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, for each sample where
+  (1) fewer than a fraction ``rho`` of the steps since the last checkpoint raised the loss, or
+  (2) its step size was not halved at the last checkpoint and its best loss has not improved since;
+  a sample whose step is halved restarts from its best point (highest loss) so far;
+- each step is a projected gradient step followed by momentum ``alpha = 0.75`` (none on the first step);
+  the L2 version normalises the gradient by its L2 norm, as in the authors' code;
+- losses: cross-entropy, the Difference of Logits Ratio (DLR) and its targeted version (APGD-T), whose
+  targets are, in turn, the 2nd, 3rd, ... ``n_targets + 1``-th largest clean logits.
+
+A sample is done as soon as it is misclassified (it keeps that image). Restarts start at a random point
+of the ball's boundary and only attack samples not broken yet. ``success`` is always the untargeted
+criterion (misclassified), for APGD-T too, as in AutoAttack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from auditkit.exceptions import ConfigError, NonFiniteOutputError
+from auditkit.ops.attacks import NORMS, Norm, ascent, project
+
+Loss = Literal["ce", "dlr"]
+LOSSES: tuple[str, ...] = ("ce", "dlr")
+MOMENTUM = 0.75
+_TINY = 1e-12
+
+
+@dataclass(frozen=True, kw_only=True)
+class APGD:
+    """Auto-PGD (Croce & Hein 2020). ``targeted`` is APGD-T: targeted DLR over ``n_targets`` classes.
+
+    ``n_targets`` is capped at the number of classes minus one.
+    """
+
+    norm: Norm = "linf"
+    loss: Loss = "ce"
+    steps: int = 100
+    restarts: int = 1
+    targeted: bool = False
+    n_targets: int = 9
+    rho: float = 0.75
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.steps < 1 or self.restarts < 1 or self.n_targets < 1:
+            raise ConfigError(
+                f"steps, restarts and n_targets must be at least 1, got {self.steps}, {self.restarts}, {self.n_targets}"
+            )
+        if not 0.0 < self.rho <= 1.0:
+            raise ConfigError(f"rho must be in (0, 1], got {self.rho}")
+        if self.targeted and self.loss != "dlr":
+            raise ConfigError("targeted APGD (APGD-T) uses the targeted DLR loss: set loss='dlr'")
+
+    @property
+    def name(self) -> str:
+        norm = "Linf" if self.norm == "linf" else "L2"
+        kind = "APGD-T" if self.targeted else f"APGD-{self.loss.upper()}"
+        extra = f" ({self.n_targets} targets)" if self.targeted else ""
+        extra += f" x{self.restarts} restarts" if self.restarts > 1 else ""
+        return f"{kind} {norm}{extra}"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps: float,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Attack a batch. ``x``: ``(B, C, H, W)`` in ``[0, 1]``; ``y``: ``(B,)`` labels.
+
+        Returns ``(x_adv, success)``: images ``(B, C, H, W)`` within ``eps`` of ``x`` and in ``[0, 1]``,
+        and ``(B,)`` bool, misclassified. Random starts are drawn on the CPU from ``generator``.
+        Raises :class:`ConfigError` for DLR with too few classes and :class:`NonFiniteOutputError`
+        for NaN or infinite logits.
+        """
+        x = x.detach()
+        with torch.enable_grad():
+            with torch.no_grad():
+                clean = _finite(model(x), "clean inputs")
+            self._check_classes(clean.shape[1])
+            best = x.clone()
+            success = clean.argmax(dim=1) != y
+            if eps <= 0:
+                return best, success
+            order = clean.float().argsort(dim=1, descending=True)
+            n_targets = min(self.n_targets, clean.shape[1] - 1)
+            targets = [order[:, k] for k in range(1, n_targets + 1)] if self.targeted else [None]
+            for target in targets:
+                for _ in range(self.restarts):
+                    idx = torch.nonzero(~success).flatten()
+                    if len(idx) == 0:
+                        return best, success
+                    tgt = None if target is None else target[idx]
+                    adv, hit = self._run(model, x[idx], y[idx], tgt, eps, generator)
+                    best[idx[hit]] = adv[hit]
+                    success[idx[hit]] = True
+        return best, success
+
+    def _check_classes(self, n_classes: int) -> None:
+        if self.loss == "dlr" and n_classes < 3:
+            raise ConfigError(f"the DLR loss needs at least 3 classes, the model has {n_classes}")
+        if self.targeted and n_classes < 4:
+            raise ConfigError(f"the targeted DLR loss (APGD-T) needs at least 4 classes, the model has {n_classes}")
+
+    def _run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        eps: float,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor]:
+        """One APGD run from a random start on clean ``x`` ``(n, C, H, W)``, labels ``y`` ``(n,)``.
+
+        Returns ``(adv, hit)``: ``(n, C, H, W)`` images and ``(n,)`` bool; ``adv`` is the first
+        misclassified iterate where ``hit``, else ``x``. Samples leave the batch once misclassified.
+        """
+        n = x.shape[0]
+        adv_out, hit = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+        checkpoints = set(checkpoint_steps(self.steps))
+        act = torch.arange(n, device=x.device)  # positions in the run of the samples still attacked
+        x0, ya, ta = x, y, target
+        cur = self._clip(x0 + self._start(x0, eps, generator), x0, eps)
+        logits, loss, grad = self._forward(model, cur, ya, ta)
+        prev = cur
+        best_x, best_grad, best_loss = cur.clone(), grad.clone(), loss.clone()
+        step = torch.full((n,), 2.0 * eps, device=x.device)
+        last_loss, n_up = loss.clone(), torch.zeros(n, device=x.device)
+        check_loss, reduced = loss.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+        last_check = 0
+        for i in range(self.steps + 1):
+            if i > 0:  # step i: x^(i) from x^(i-1), then the loss and gradient at x^(i)
+                with torch.no_grad():
+                    alpha = MOMENTUM if i > 1 else 1.0
+                    z = self._clip(cur + ascent(grad, 1.0, self.norm) * _col(step, cur), x0, eps)
+                    nxt = self._clip(cur + alpha * (z - cur) + (1 - alpha) * (cur - prev), x0, eps)
+                prev, cur = cur, nxt
+                logits, loss, grad = self._forward(model, cur, ya, ta)
+            fooled = logits.argmax(dim=1) != ya
+            if bool(fooled.any()):
+                adv_out[act[fooled]] = cur[fooled]
+                hit[act[fooled]] = True
+                keep = ~fooled
+                if not bool(keep.any()):
+                    break
+                act, x0, ya, cur, prev, logits, loss, grad = (
+                    t[keep] for t in (act, x0, ya, cur, prev, logits, loss, grad)
+                )
+                ta = None if ta is None else ta[keep]
+                best_x, best_grad, best_loss, step = (t[keep] for t in (best_x, best_grad, best_loss, step))
+                last_loss, n_up, check_loss, reduced = (t[keep] for t in (last_loss, n_up, check_loss, reduced))
+            if i == 0:
+                continue
+            with torch.no_grad():
+                n_up += (loss > last_loss).float()
+                last_loss = loss
+                better = loss > best_loss
+                best_x[better], best_grad[better], best_loss[better] = cur[better], grad[better], loss[better]
+                if i in checkpoints:
+                    oscillating = n_up < self.rho * (i - last_check)
+                    stalled = ~reduced & (best_loss <= check_loss)
+                    halve = oscillating | stalled
+                    step[halve] /= 2.0
+                    cur, grad, last_loss = cur.clone(), grad.clone(), last_loss.clone()
+                    cur[halve], grad[halve], last_loss[halve] = best_x[halve], best_grad[halve], best_loss[halve]
+                    reduced, check_loss, last_check = halve, best_loss.clone(), i
+                    n_up = torch.zeros_like(n_up)
+        return adv_out, hit
+
+    def _forward(self, model: nn.Module, xa: Tensor, y: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits ``(n, K)``, per-sample loss ``(n,)`` and its input gradient ``(n, C, H, W)`` at ``xa``."""
+        xa = xa.detach().requires_grad_(True)
+        logits = _finite(model(xa), "perturbed inputs")
+        z = logits.float()
+        if self.loss == "ce":
+            loss = F.cross_entropy(z, y, reduction="none")
+        elif target is None:
+            loss = dlr_loss(z, y)
+        else:
+            loss = targeted_dlr_loss(z, y, target)
+        (grad,) = torch.autograd.grad(loss.sum(), xa)
+        return logits.detach(), loss.detach(), grad.detach()
+
+    def _clip(self, xa: Tensor, x0: Tensor, eps: float) -> Tensor:
+        """Project ``xa`` onto the ``eps`` ball around ``x0``, then clip to ``[0, 1]``."""
+        return (x0 + project(xa - x0, eps, self.norm)).clamp(0, 1)
+
+    def _start(self, x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
+        """A random perturbation ``(n, C, H, W)`` on the ball's boundary (norm exactly ``eps``)."""
+        if self.norm == "linf":
+            t = 2 * torch.rand(x.shape, generator=generator, device="cpu") - 1
+            size = t.flatten(1).abs().amax(dim=1)
+        else:
+            t = torch.randn(x.shape, generator=generator, device="cpu")
+            size = t.flatten(1).norm(dim=1)
+        return (eps * t / _col(size.clamp_min(_TINY), t)).to(device=x.device, dtype=x.dtype)
+
+
+def checkpoint_steps(steps: int) -> list[int]:
+    """The iterations ``w_j = ceil(p_j * steps)``, ``j >= 1``, at which APGD may halve its step size."""
+    out: list[int] = []
+    prev, cur = 0, 22  # p_j in hundredths, exact
+    while (w := -(-cur * steps // 100)) <= steps:
+        if not out or w > out[-1]:
+            out.append(w)
+        prev, cur = cur, cur + max(cur - prev - 3, 6)
+    return out
+
+
+def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """DLR ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)`` for logits ``(n, K)``, ``K >= 3``; returns ``(n,)``."""
+    top = logits.topk(3, dim=1).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return -(z_y - others.amax(dim=1)) / (top[:, 0] - top[:, 2] + _TINY)
+
+
+def targeted_dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Targeted DLR ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` for logits ``(n, K)``, ``K >= 4``; ``(n,)``."""
+    top = logits.topk(4, dim=1).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _TINY)
+
+
+def standard_attack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    *,
+    norm: Norm,
+    generator: torch.Generator | None,
+    steps: int = 100,
+    n_targets: int = 9,
+) -> tuple[Tensor, Tensor]:
+    """APGD-CE, then APGD-T on the samples it did not break: AutoAttack's "standard" without FAB and Square.
+
+    ``x``: ``(B, C, H, W)`` in ``[0, 1]``; ``y``: ``(B,)``. Returns ``(x_adv, success)``, ``(B, C, H, W)``
+    and ``(B,)`` bool (misclassified).
+    """
+    best, success = APGD(norm=norm, loss="ce", steps=steps)(model, x, y, eps, generator=generator)
+    idx = torch.nonzero(~success).flatten()
+    if len(idx) and eps > 0:
+        attack = APGD(norm=norm, loss="dlr", targeted=True, steps=steps, n_targets=n_targets)
+        adv, hit = attack(model, x[idx], y[idx], eps, generator=generator)
+        best[idx[hit]] = adv[hit]
+        success[idx[hit]] = True
+    return best, success
+
+
+def _finite(logits: Tensor, what: str) -> Tensor:
+    bad = ~torch.isfinite(logits.detach())
+    if bool(bad.any()):
+        rows = int(bad.any(dim=1).sum())
+        raise NonFiniteOutputError(
+            f"APGD: the model returned NaN or infinite logits on {rows} of {logits.shape[0]} {what}"
+        )
+    return logits
+
+
+def _col(v: Tensor, like: Tensor) -> Tensor:
+    """``v`` ``(n,)`` viewed as ``(n, 1, 1, ...)`` to broadcast against ``like``."""
+    return v.view(-1, *([1] * (like.ndim - 1)))

@@ -1,0 +1,227 @@
+"""APGD (Croce & Hein 2020) against torchattacks 3.5.1's port of the authors' APGD / APGD-T code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torchattacks
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from auditkit.engine.loop import NonFiniteOutputError
+from auditkit.exceptions import ConfigError
+from auditkit.inputs.data import digits_split
+from auditkit.ops.apgd import APGD, checkpoint_steps, dlr_loss, standard_attack, targeted_dlr_loss
+from auditkit.ops.attacks import PGD, Norm
+from auditkit.zoo import digits_cnn
+
+N_IMAGES = 100
+STEPS = 50
+N_TARGETS = 3  # APGD-T targets; torchattacks' APGDT attacks n_classes - 1 of them
+EPS: dict[str, float] = {"linf": 0.08, "l2": 1.0}  # robust accuracy in the middle for the CNN below
+TA_NORM = {"linf": "Linf", "l2": "L2"}
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[nn.Module, Tensor, Tensor]:
+    """A narrow digits CNN trained for 4 epochs on the embedded digits (seeded), and ``N_IMAGES`` test images."""
+    torch.set_num_threads(2)
+    split = digits_split(0)
+    xtr = torch.from_numpy(split["train"]["x"]).float() / 255
+    ytr = torch.from_numpy(split["train"]["y"])
+    torch.manual_seed(0)
+    net = digits_cnn(width=8)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        perm = torch.randperm(len(ytr), generator=gen)
+        for i in range(0, len(ytr), 64):
+            b = perm[i : i + 64]
+            opt.zero_grad()
+            F.cross_entropy(net(xtr[b]), ytr[b]).backward()
+            opt.step()
+    net.eval()
+    opt.zero_grad(set_to_none=True)
+    x = torch.from_numpy(split["test"]["x"][:N_IMAGES]).float() / 255
+    y = torch.from_numpy(split["test"]["y"][:N_IMAGES])
+    return net, x, y
+
+
+@dataclass
+class Run:
+    """Robust accuracies (fractions) of the attacks at one norm and eps, and our outputs."""
+
+    eps: float
+    adv_ce: Tensor
+    success_ce: Tensor
+    adv_std: Tensor
+    success_std: Tensor
+    ours_ce: float
+    ref_ce: float
+    ours_std: float
+    ref_std: float
+    pgd: float
+
+
+def _robust(net: nn.Module, adv: Tensor, y: Tensor) -> Tensor:
+    with torch.no_grad():
+        return net(adv).argmax(dim=1) == y
+
+
+@pytest.fixture(scope="module", params=["linf", "l2"])
+def run(request: pytest.FixtureRequest, data: tuple[nn.Module, Tensor, Tensor]) -> tuple[str, Run]:
+    norm: Norm = request.param
+    net, x, y = data
+    eps = EPS[norm]
+    adv_ce, success_ce = APGD(norm=norm, steps=STEPS)(net, x, y, eps, generator=torch.Generator().manual_seed(0))
+    adv_std, success_std = standard_attack(
+        net,
+        x,
+        y,
+        eps,
+        norm=norm,
+        generator=torch.Generator().manual_seed(0),
+        steps=STEPS,
+        n_targets=N_TARGETS,
+    )
+    ref_ce = torchattacks.APGD(net, norm=TA_NORM[norm], eps=eps, steps=STEPS, n_restarts=1, seed=0, loss="ce")
+    robust = _robust(net, ref_ce(x, y), y)
+    idx = torch.nonzero(robust).flatten()
+    ref_t = torchattacks.APGDT(
+        net, norm=TA_NORM[norm], eps=eps, steps=STEPS, n_restarts=1, seed=0, n_classes=N_TARGETS + 1
+    )
+    robust_std = robust.clone()
+    robust_std[idx] = _robust(net, ref_t(x[idx], y[idx]), y[idx])
+    _, success_pgd = PGD(norm=norm, steps=20)(net, x, y, eps, generator=torch.Generator().manual_seed(0))
+    result = Run(
+        eps=eps,
+        adv_ce=adv_ce,
+        success_ce=success_ce,
+        adv_std=adv_std,
+        success_std=success_std,
+        ours_ce=1 - success_ce.float().mean().item(),
+        ref_ce=robust.float().mean().item(),
+        ours_std=1 - success_std.float().mean().item(),
+        ref_std=robust_std.float().mean().item(),
+        pgd=1 - success_pgd.float().mean().item(),
+    )
+    accs = {k: round(v, 3) for k, v in result.__dict__.items() if isinstance(v, float) and k != "eps"}
+    print(f"\n{norm} eps={eps} images={N_IMAGES} steps={STEPS} robust accuracy: {accs}")
+    return norm, result
+
+
+def test_robust_accuracy_is_in_the_middle(run: tuple[str, Run]) -> None:
+    _, r = run
+    assert 0.2 <= r.ref_ce <= 0.8, r
+
+
+def test_apgd_ce_matches_reference(run: tuple[str, Run]) -> None:
+    _, r = run
+    assert abs(r.ours_ce - r.ref_ce) <= 0.02 + 1e-6, r
+
+
+def test_standard_attack_is_at_least_as_strong_as_reference(run: tuple[str, Run]) -> None:
+    _, r = run
+    assert r.ours_std <= r.ref_std + 0.01 + 1e-6, r
+    assert r.ours_std <= r.ours_ce + 1e-6, r
+
+
+def test_apgd_is_at_least_as_strong_as_pgd20(run: tuple[str, Run]) -> None:
+    _, r = run
+    assert r.ours_ce <= r.pgd + 0.01 + 1e-6, r
+
+
+def test_outputs_are_in_ball_and_box_and_success_is_true(
+    run: tuple[str, Run], data: tuple[nn.Module, Tensor, Tensor]
+) -> None:
+    norm, r = run
+    net, x, y = data
+    for adv, success in ((r.adv_ce, r.success_ce), (r.adv_std, r.success_std)):
+        assert adv.shape == x.shape and success.shape == y.shape and success.dtype == torch.bool
+        assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+        delta = (adv - x).flatten(1)
+        size = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
+        assert float(size.max()) <= r.eps + 1e-6
+        assert torch.equal(success, ~_robust(net, adv, y))
+        assert torch.equal(adv[~success], x[~success])  # unbroken samples come back unchanged
+
+
+def test_model_parameters_get_no_gradients(run: tuple[str, Run], data: tuple[nn.Module, Tensor, Tensor]) -> None:
+    net, _, _ = data
+    assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("attack", [APGD(norm="linf", steps=10), APGD(norm="l2", loss="dlr", targeted=True, steps=5)])
+def test_same_seed_same_output(attack: APGD, data: tuple[nn.Module, Tensor, Tensor]) -> None:
+    net, x, y = data
+    eps = EPS[attack.norm] / 2
+    first = attack(net, x[:32], y[:32], eps, generator=torch.Generator().manual_seed(7))
+    second = attack(net, x[:32], y[:32], eps, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_losses_match_reference() -> None:
+    logits = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
+    target = logits.argsort(dim=1, descending=True)[:, 2]
+    net = nn.Linear(1, 10)
+    ref = torchattacks.APGDT(net).dlr_loss_targeted(logits, y, target)
+    torch.testing.assert_close(dlr_loss(logits, y), torchattacks.APGD(net).dlr_loss(logits, y))
+    torch.testing.assert_close(targeted_dlr_loss(logits, y, target), ref)
+
+
+def test_checkpoints_follow_the_paper() -> None:
+    assert checkpoint_steps(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoint_steps(50) == [11, 21, 29, 35, 40, 44, 47, 50]
+    assert checkpoint_steps(1) == [1]
+
+
+def test_zero_eps_returns_the_clean_images(data: tuple[nn.Module, Tensor, Tensor]) -> None:
+    net, x, y = data
+    adv, success = APGD()(net, x[:16], y[:16], 0.0)
+    assert torch.equal(adv, x[:16]) and torch.equal(success, ~_robust(net, x[:16], y[:16]))
+
+
+def test_names() -> None:
+    assert APGD().name == "APGD-CE Linf"
+    assert APGD(norm="l2", loss="dlr", targeted=True).name == "APGD-T L2 (9 targets)"
+
+
+def test_dlr_needs_three_classes() -> None:
+    torch.manual_seed(0)
+    net = digits_cnn(num_classes=2, width=4).eval()
+    x, y = torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ConfigError, match="3 classes"):
+        APGD(loss="dlr", steps=2)(net, x, y, 0.1)
+    with pytest.raises(ConfigError, match="4 classes"):
+        APGD(loss="dlr", targeted=True, steps=2)(digits_cnn(num_classes=3, width=4).eval(), x, y, 0.1)
+    with pytest.raises(ConfigError, match="loss='dlr'"):
+        APGD(targeted=True)
+
+
+class _NaNAfter(nn.Module):
+    """A digits CNN whose logits turn NaN from the ``first_bad``-th call on (1: the clean pass)."""
+
+    def __init__(self, first_bad: int) -> None:
+        super().__init__()
+        self.inner = digits_cnn(width=4)
+        self.first_bad = first_bad
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        out = self.inner(x)
+        return out * float("nan") if self.calls >= self.first_bad else out
+
+
+@pytest.mark.parametrize(("first_bad", "where"), [(1, "clean"), (2, "perturbed"), (5, "perturbed")])
+def test_nan_logits_raise(first_bad: int, where: str) -> None:
+    torch.manual_seed(0)
+    net = _NaNAfter(first_bad).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        y = net.inner(x).argmax(dim=1)  # all clean-correct, so the attack runs
+    with pytest.raises(NonFiniteOutputError, match=where):
+        APGD(steps=10)(net, x, y, 0.01)
