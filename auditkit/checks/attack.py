@@ -161,6 +161,10 @@ class AttackSettings(Settings):
     attack: str = setting(
         "pgd", "pgd (the gradient attacks of --strength), fgsm or foolbox:<AttackName> (e.g. foolbox:L2DeepFoolAttack)."
     )
+    attack_args: str | None = setting(
+        None,
+        "foolbox only: the attack's constructor arguments, key=value,... (e.g. steps=100,binary_search_steps=5).",
+    )
     strength: Strength = setting(
         "standard",
         "fast: PGD-20 (a loose upper bound, for smoke runs); standard: APGD-CE then targeted APGD-DLR "
@@ -223,6 +227,7 @@ class AdversarialAttack(Check):
         s = AttackSettings.model_validate(settings)
         return cls(
             attack=s.attack,
+            attack_args=s.attack_args,
             strength=s.strength,
             norm=s.norm,
             epsilons=parse_epsilons(s.epsilons, s.norm),
@@ -237,6 +242,7 @@ class AdversarialAttack(Check):
         self,
         *,
         attack: str = "pgd",
+        attack_args: str | None = None,
         strength: Strength = "standard",
         norm: Norm = "linf",
         epsilons: tuple[float, ...] | None = None,
@@ -274,6 +280,11 @@ class AdversarialAttack(Check):
         )
         self.sanity_samples = sanity_samples
         self.examples = examples
+        self.foolbox_kwargs: dict[str, Any] = {}
+        if attack.startswith("foolbox:"):
+            self.foolbox_kwargs = _check_foolbox(attack, attack_args, norm)
+        elif attack_args:
+            raise ConfigError("--attack-args passes arguments to a foolbox:<Name> attack; --attack pgd/fgsm take flags")
 
     @property
     def uses_apgd(self) -> bool:
@@ -282,7 +293,8 @@ class AdversarialAttack(Check):
     def attack_name(self, num_classes: int) -> str:
         """What runs at each epsilon, e.g. ``APGD-CE + APGD-T Linf (100 steps, 9 targets)``."""
         if self.attack.startswith("foolbox:"):
-            return self.attack
+            args = ", ".join(f"{k}={v!r}" for k, v in self.foolbox_kwargs.items())
+            return f"{self.attack}({args})" if args else self.attack
         if not self.uses_apgd:
             return self.pgd.name
         norm = "Linf" if self.norm == "linf" else "L2"
@@ -410,12 +422,7 @@ class AdversarialAttack(Check):
         import foolbox as fb
 
         name = self.attack.split(":", 1)[1]
-        attack_cls = getattr(fb.attacks, name, None)
-        if attack_cls is None:
-            raise ConfigError(
-                f"foolbox has no attack {name!r}; see foolbox.attacks (e.g. LinfPGD, L2CarliniWagnerAttack)"
-            )
-        fattack = attack_cls()
+        fattack = getattr(fb.attacks, name)(**self.foolbox_kwargs)
         fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=engine.device)
         eps = [e for e in self.epsilons if e > 0]
         broken_at = torch.full((len(data),), len(self.epsilons), dtype=torch.long)
@@ -601,6 +608,65 @@ def _probe(model: nn.Module, b: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, 
             else ~(grad.flatten(1).abs().amax(dim=1) > 0)  # all-zero or NaN
         )
     return first.argmax(1).cpu(), drift.cpu(), looks_prob.cpu(), torch.isfinite(loss).cpu(), zero.cpu()
+
+
+_KINDS: dict[type | None, str] = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}
+
+
+def _check_foolbox(attack: str, args: str | None, norm: str) -> dict[str, Any]:
+    """Validate ``foolbox:<Name>`` and ``--attack-args`` (``key=value,...``, values read as Python literals,
+    else as strings) against the attack's constructor, and ``norm`` against the distance the attack
+    measures. Returns the constructor keyword arguments."""
+    import ast
+    import inspect
+
+    import foolbox as fb
+
+    name = attack.split(":", 1)[1]
+    attack_cls = getattr(fb.attacks, name, None)
+    if not isinstance(attack_cls, type):
+        raise ConfigError(f"foolbox has no attack {name!r}; see foolbox.attacks (e.g. LinfPGD, L2CarliniWagnerAttack)")
+    params = inspect.signature(attack_cls).parameters
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    allowed = [p for p in params if params[p].kind in named]
+    kwargs: dict[str, Any] = {}
+    for item in (args or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in allowed:
+            what = f"unknown argument {key!r}" if sep else f"{item.strip()!r} is not key=value"
+            raise ConfigError(f"--attack-args: {what} for foolbox {name}; it takes {', '.join(allowed) or 'none'}")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        default = params[key].default
+        want = type(default) if isinstance(default, (bool, int, float, str)) else None
+        ok = want is None or isinstance(value, want) or (want is float and type(value) is int)
+        if not ok or (want is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"--attack-args: {key} of foolbox {name} takes {_KINDS.get(want, 'a value')} "
+                f"(default {default!r}), got {raw.strip()!r}"
+            )
+        kwargs[key] = value
+    try:
+        instance = attack_cls(**kwargs)
+    except Exception as exc:  # the attack's own validation of its arguments
+        reason = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"--attack-args: foolbox {name} refused {kwargs}: {reason}") from exc
+    p = getattr(getattr(instance, "distance", None), "p", None)
+    measured = {float("inf"): "linf", 2: "l2"}.get(p) if p is not None else None
+    if measured is None:
+        distance = getattr(instance, "distance", "no distance")
+        raise ConfigError(f"foolbox {name} measures {distance}; auditkit's curve is Linf or L2")
+    if measured != norm:
+        raise ConfigError(
+            f"foolbox {name} is an {measured.upper().replace('LINF', 'Linf')} attack but --norm is {norm}: "
+            f"add --norm {measured} (its --epsilons are then {measured} radii)"
+        )
+    return kwargs
 
 
 def _gradient_signal(zero_grad: Tensor) -> Soundness:

@@ -271,3 +271,26 @@ def test_fast_only_settings_are_refused_with_standard() -> None:
     AttackSettings(strength="fast", targeted=True, rel_step=0.1)
     with pytest.raises(ValueError, match="--rel-step, --targeted set the PGD of --strength fast"):
         AttackSettings(targeted=True, rel_step=0.1)
+
+
+def test_foolbox_bridge_records_the_attacks_own_norm_and_takes_validated_arguments(
+    demo_model: LoadedModel, sample: ImageDataset
+) -> None:
+    with pytest.raises(ConfigError, match=r"foolbox L2PGD is an L2 attack but --norm is linf: add --norm l2"):
+        AdversarialAttack(attack="foolbox:L2PGD")
+    with pytest.raises(ConfigError, match=r"unknown argument 'stepz' for foolbox L2PGD; it takes .*steps"):
+        AdversarialAttack(attack="foolbox:L2PGD", norm="l2", attack_args="stepz=3")
+    with pytest.raises(ConfigError, match=r"steps of foolbox L2PGD takes an integer \(default 50\), got 'abc'"):
+        AdversarialAttack(attack="foolbox:L2PGD", norm="l2", attack_args="steps=abc")
+    with pytest.raises(ConfigError, match="--attack-args passes arguments to a foolbox"):
+        AdversarialAttack(attack_args="steps=3")
+    data = sample.take(torch.arange(40))
+    check = AdversarialAttack(
+        attack="foolbox:L2PGD", norm="l2", attack_args="steps=3, rel_stepsize=0.5", epsilons=(0.0, 1.0), examples=0
+    )
+    result = check.run(demo_model.model, data, engine=engine())
+    assert isinstance(result, AttackResult)
+    assert result.norm == "l2" and result.attack == "foolbox:L2PGD(steps=3, rel_stepsize=0.5)"
+    # the arguments reach the attack: three steps break fewer images than fifty
+    strong = AdversarialAttack(attack="foolbox:L2PGD", norm="l2", epsilons=(0.0, 1.0), examples=0, sanity_samples=0)
+    assert strong.run(demo_model.model, data, engine=engine()).curve[-1].robust.value <= result.curve[-1].robust.value  # type: ignore[attr-defined]
