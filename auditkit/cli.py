@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from auditkit import options, registry
 from auditkit.exceptions import ConfigError
-from auditkit.messages import DEBUG, handle_errors, say
+from auditkit.messages import DEBUG, fail, handle_errors, say
 from auditkit.settings import SHARED, EngineSettings, InputSettings, OutputSettings, Settings
 
 CONFIG = options.option("auditkit.toml with the same keys as these flags; flags win.", "--config", "-c")
@@ -40,7 +41,11 @@ def _audit_body(checks: tuple[str, ...] | None) -> Callable[[dict[str, Any]], No
         config_file = values.pop("config")
         gate = api.Gate(*(values.pop(k) for k in ("policy", "baseline", "junit", "summary")))
         values = {k: (None if v == [] else v) for k, v in values.items()} | {"checks": checks}
-        out = api.run(resolve_config(values, config_file), gate)
+        config = resolve_config(values, config_file)
+        _output_folder(Path(config.out), "--out")
+        _output_file(gate.junit, "--junit")
+        _output_file(gate.summary, "--summary")
+        out = api.run(config, gate)
         if out.main:
             if values.get("resume"):
                 say(f"resumed: {out.restored} batches restored, {out.computed} computed (rank 0)")
@@ -64,6 +69,31 @@ def _register_audit_commands(app: typer.Typer) -> None:
             params = [*shared, CONFIG, *GATE, *options.parameters([check.settings_type])]
             body = _audit_body(("clean", check.name))
             app.command(check.command, help=check.help)(options.command(body, params))
+
+
+def _no_file_above(path: Path, flag: str) -> None:
+    """Refuse an output path below a plain file (``a-file/sub``): it could never be created."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+            return
+
+
+def _output_folder(path: Path, flag: str) -> None:
+    """An output folder, checked before any work: not an existing file, not below one."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is an existing file; give a folder for results.json and index.html")
+    _no_file_above(path, flag)
+
+
+def _output_file(path: Path | None, flag: str) -> None:
+    """An output file, checked before any work: not an existing folder, not below a file."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give the path of the file to write")
+    _no_file_above(path, flag)
 
 
 def _debug(
@@ -117,9 +147,10 @@ def report(
     from auditkit.report.html import write_report
     from auditkit.results import RunResults, pair_notice
 
+    target = out or results.with_name("index.html")
+    _output_file(target, "--out")
     before = RunResults.read(baseline) if baseline is not None else None
     loaded = RunResults.read(results)
-    target = out or results.with_name("index.html")
     notice = pair_notice(results, loaded)
     path = write_report(loaded, target, before)
     if notice and target.resolve() != results.with_name("index.html").resolve():
@@ -145,6 +176,10 @@ def gate(
     from auditkit.api import Gate, regate
     from auditkit.results import RunResults, pair_notice
 
+    if out is not None:
+        _output_folder(out, "--out")
+    _output_file(junit, "--junit")
+    _output_file(summary, "--summary")
     notice = pair_notice(results, RunResults.read(results))
     if notice:
         say(f"warning: {notice}", err=True)
@@ -156,6 +191,9 @@ def _demo(values: dict[str, Any]) -> None:
     from auditkit.demo import DemoSettings, run_named_demo
 
     settings = DemoSettings.build(values)
+    EngineSettings.build({"device": settings.device})  # a bad --device fails before any training
+    if settings.out is not None:
+        _output_folder(Path(settings.out), "--out")
     _single_process("demo")
     for line in run_named_demo(settings):
         say(line)
@@ -186,7 +224,7 @@ def _harden_params() -> list[Any]:
         (EngineSettings, engine),
         (OutputSettings, ["out"]),
     ]
-    picked += [(AttackSettings, ["epsilons", "restarts"]), (RotationSettings, ["angles"])]
+    picked += [(AttackSettings, ["strength", "epsilons", "restarts"]), (RotationSettings, ["angles"])]
     params = [options.parameter(kind, name) for kind, names in picked for name in names]
     return params + options.parameters([HardenSettings])
 
@@ -197,7 +235,10 @@ def _harden(values: dict[str, Any]) -> None:
     from auditkit.training.harden import HardenSettings, run_harden
 
     own = {k: values.pop(k) for k in HardenSettings.model_fields}
-    cfg = HardenSettings.build(own).config(resolve_config({**values, "out": values["out"] or "reports/harden"}))
+    cfg = HardenSettings.build(own).config(
+        resolve_config({**values, "out": values["out"] if values["out"] is not None else "reports/harden"})
+    )
+    _output_folder(Path(cfg.audit.out), "--out")
     say(f"hardening with {cfg.train.label}; auditing the original model first")
     _single_process("harden")
     result = run_harden(cfg, on_epoch=lambda log: say(f"epoch {log.epoch}/{cfg.train.epochs}: {log.describe()}"))
@@ -208,6 +249,37 @@ def _harden(values: dict[str, Any]) -> None:
         say(line)
 
 
+class OneLineUsageErrors(TyperGroup):
+    """Click's own usage errors (an unknown option, a value of the wrong type, a flag given a value,
+    a missing option) as the one ``auditkit: error:`` line every other error is, exit 2."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # typer's click: UsageError, BadParameter, NoSuchOption, ...
+            code = getattr(exc, "exit_code", 2)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare ``auditkit``: the help, as before
+                exc.show()  # type: ignore[attr-defined]
+                sys.exit(code)
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path if ctx is not None else 'auditkit'} --help)"
+            fail(f"{exc.format_message().rstrip('.')}{hint}", code)
+            sys.exit(code)
+        except typer.Abort:
+            fail("aborted", 1)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def build_app() -> typer.Typer:
     """The CLI: one command per registered check with a ``command``, ``audit`` with them all, and
     report, gate, demo and harden. Built from the registry, so a new check brings its command."""
@@ -216,6 +288,7 @@ def build_app() -> typer.Typer:
         help="Robustness and fairness audits for trained image classifiers (PyTorch CNNs).\n\n"
         "Exit codes: 0 ok, 1 a gate failed, 2 usage/config error, 3 could not complete, "
         "4 untrusted model refused, 130 interrupted.",
+        cls=OneLineUsageErrors,
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,

@@ -104,38 +104,68 @@ def metric_index(results: RunResults) -> dict[str, Metric]:
     return {m.name: m for check in results.checks for m in check.metric_records()}
 
 
+RULE_KEYS = ("metric", "op", "value", "bound")
+BASELINE_KEYS = ("metrics", "tolerance", "alpha")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def load_policy(path: Path) -> Policy:
     """Read and validate a policy file (errors name the rule and the allowed values)."""
     doc = read_toml(path, "policy")
     unknown = sorted(set(doc) - {"rule", "baseline", "inconclusive"})
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in policy {path}; allowed: rule, baseline, inconclusive")
+    raw_rules = doc.get("rule", [])
+    if not isinstance(raw_rules, list) or not all(isinstance(r, dict) for r in raw_rules):
+        raise ConfigError(
+            f"policy {path.name}: rule must be an array of tables ([[rule]] with metric, op and value), "
+            f"got {raw_rules!r}"
+        )
     rules = []
-    for i, raw in enumerate(doc.get("rule", []), start=1):
+    for i, raw in enumerate(raw_rules, start=1):
         where = f"policy {path.name} rule {i}"
-        if not isinstance(raw, dict) or not {"metric", "op", "value"} <= set(raw):
+        extra = sorted(set(raw) - set(RULE_KEYS))
+        if extra:
+            raise ConfigError(f"{where}: unknown key(s) {extra}; allowed: {', '.join(RULE_KEYS)}")
+        if not {"metric", "op", "value"} <= set(raw):
             raise ConfigError(f"{where} needs metric, op and value")
+        if not isinstance(raw["metric"], str) or not raw["metric"]:
+            raise ConfigError(f"{where}: metric must be a metric name (see docs/metrics.md), got {raw['metric']!r}")
         if raw["op"] not in OPS:
             raise ConfigError(f"{where}: op must be one of {', '.join(OPS)}, got {raw['op']!r}")
         bound = raw.get("bound", "value")
         if bound not in BOUNDS:
             raise ConfigError(f"{where}: bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
-        if isinstance(raw["value"], bool) or not isinstance(raw["value"], (int, float)):
-            raise ConfigError(f"{where}: value must be a number, got {raw['value']!r}")
-        rules.append(Rule(metric=str(raw["metric"]), op=raw["op"], value=float(raw["value"]), bound=bound))
+        if not _number(raw["value"]):
+            raise ConfigError(f"{where}: value must be a finite number, got {raw['value']!r}")
+        rules.append(Rule(metric=raw["metric"], op=raw["op"], value=float(raw["value"]), bound=bound))
     inconclusive = doc.get("inconclusive", "pass")
     if inconclusive not in ("pass", "fail"):
         raise ConfigError(f"policy inconclusive must be 'pass' or 'fail', got {inconclusive!r}")
     base = doc.get("baseline", {})
-    if not rules and not base.get("metrics"):
+    if not isinstance(base, dict):
+        raise ConfigError(f"policy {path.name}: [baseline] must be a table (metrics, tolerance, alpha), got {base!r}")
+    extra = sorted(set(base) - set(BASELINE_KEYS))
+    if extra:
+        raise ConfigError(f"policy {path.name} [baseline]: unknown key(s) {extra}; allowed: {', '.join(BASELINE_KEYS)}")
+    metrics = base.get("metrics", [])
+    if not isinstance(metrics, list) or not all(isinstance(m, str) and m for m in metrics):
+        raise ConfigError(
+            f"policy {path.name} [baseline] metrics must be a list of metric names "
+            f'(metrics = ["clean.accuracy"]), got {metrics!r}'
+        )
+    if not rules and not metrics:
         raise ConfigError(f"policy {path} has no [[rule]] and no [baseline] metrics: it would check nothing")
     for key in ("tolerance", "alpha"):
         value = base.get(key, 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if not _number(value) or value < 0:
             raise ConfigError(f"policy {path.name} [baseline] {key} must be a non-negative number, got {value!r}")
     return Policy(
         rules=tuple(rules),
-        baseline_metrics=tuple(str(m) for m in base.get("metrics", [])),
+        baseline_metrics=tuple(metrics),
         tolerance=float(base.get("tolerance", 0.0)),
         alpha=float(base.get("alpha", 0.05)),
         inconclusive_fails=inconclusive == "fail",

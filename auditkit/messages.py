@@ -48,7 +48,7 @@ def handle_errors(fn: F) -> F:
             raise fail("interrupted; files already written were kept", 130) from None
         except MemoryError:
             raise fail("out of memory; lower --batch-size or use --limit/--sample", 3) from None
-        except (typer.Exit, typer.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, typer.TyperException, click.ClickException):
             raise
         except Exception as exc:
             if DEBUG[0]:

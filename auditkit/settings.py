@@ -9,6 +9,7 @@ each check declares its own :class:`Settings` subclass in its module.
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal, Self
@@ -170,6 +171,8 @@ class InputSettings(Settings):
     def _per_channel(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
         if value is not None and len(value) not in (1, 3):
             raise ValueError(f"needs 1 or 3 values (one per channel), got {len(value)}")
+        if value is not None and not all(math.isfinite(v) for v in value):
+            raise ValueError(f"values must be finite numbers in [0, 1] pixel units, got {value}")
         return value
 
     @field_validator("std")
@@ -191,6 +194,13 @@ class InputSettings(Settings):
     def _output(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    @field_validator("output")
+    @classmethod
+    def _output_named(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be an output index (0, 1, ...) or a dict key, got an empty string")
+        return value
+
     @field_validator("class_names", mode="before")
     @classmethod
     def _names(cls, value: Any) -> Any:
@@ -205,7 +215,7 @@ class EngineSettings(Settings):
 
     device: str = setting("auto", "auto, cpu, cuda (or cuda:N) or mps.", comparable=False)
     batch_size: int = setting(256, "Batch size (halved automatically on CUDA out-of-memory).", comparable=False, ge=1)
-    seed: int = setting(0, "Random seed.", comparable=False)
+    seed: int = setting(0, "Random seed (0 to 2**32 - 1).", comparable=False, ge=0, le=2**32 - 1)
     deterministic: bool = setting(False, "Use deterministic torch algorithms.", comparable=False)
     progress: bool = setting(True, "Show progress bars on a terminal.", run_control=True)
     resume: bool = setting(
@@ -250,6 +260,13 @@ class OutputSettings(Settings):
     out: str = setting(
         "reports/latest", "Output folder for results.json and index.html.", run_control=True, flag="--out -o"
     )
+
+    @field_validator("out")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a folder for results.json and index.html, got an empty path")
+        return value
 
 
 SHARED: tuple[type[Settings], ...] = (InputSettings, EngineSettings, OutputSettings)

@@ -85,6 +85,8 @@ def scale_args(demo_run: Path, out: Path, *extra: str) -> list[str]:
         "-90:90:30",
         "--epsilons",
         "0,0.05,0.1",
+        "--strength",
+        "fast",
         "--steps",
         "10",
         "--methods",

@@ -235,7 +235,7 @@ def test_paired_mcnemar_separates_noise_from_regression(results: Path) -> None:
 def test_rerun_with_another_attack_seed_is_not_flagged(demo_run: Path, tmp_path: Path) -> None:
     model, data = demo_run / "model" / "model.safetensors", demo_run / "data" / "test.csv"
     cfg = tmp_path / "auditkit.toml"
-    cfg.write_text('checks = ["clean", "attack"]\nepsilons = "0,0.05"\nsteps = 5\nlimit = 200\n')
+    cfg.write_text('checks = ["clean", "attack"]\nepsilons = "0,0.05"\nstrength = "fast"\nsteps = 5\nlimit = 200\n')
     base = runner.invoke(
         app,
         [
@@ -308,7 +308,7 @@ def test_mismatched_baseline_is_refused_before_the_audit_runs(
     policy.write_text('[baseline]\nmetrics = ["clean.accuracy"]\n')
     model = results.parent / "model" / "model.safetensors"
     args = ["audit", str(model), str(results.parent / "data" / "test.csv"), "--cue-size", "8"]
-    args += ["--epsilons", "0,0.01,0.02,0.05,0.1"]  # as the demo ran, so cue_size is the one difference
+    args += ["--epsilons", "0,0.01,0.02,0.05,0.1", "--strength", "fast"]  # as the demo ran, but for cue_size
     out = CliRunner().invoke(app, [*args, "--policy", str(policy), "--baseline", str(results), "--out", str(tmp_path)])
     assert out.exit_code == 3, out.output
     assert "cue_size: 4 vs 8 now" in out.output

@@ -49,6 +49,8 @@ def pgd_run(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
         "6",
         "--attack-steps",
         "5",
+        "--strength",
+        "fast",  # PGD-20 evaluation: standard's APGD-T costs minutes on a CPU for an adversarially trained model
         "--out",
         str(out),
         "--device",

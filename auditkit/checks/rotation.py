@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 
 from auditkit.checks.base import Check
@@ -210,8 +210,8 @@ class RotationSettings(Settings):
 
     @field_validator("angles", "spatial_angles")
     @classmethod
-    def _angles(cls, value: str) -> str:
-        parse_angles(value)
+    def _angles(cls, value: str, info: ValidationInfo) -> str:
+        parse_angles(value, f"--{(info.field_name or 'angles').replace('_', '-')}")
         return value
 
     @model_validator(mode="after")

@@ -695,6 +695,8 @@ def _from_arrays(
     Labels are mapped over all ``N`` samples first (integer labels become names from ``names``
     when given); ``limit``/``sample`` pick the samples after that.
     """
+    if len(y) == 0:
+        raise DataError(f"{source} holds no samples (x and y are empty)")
     if names is not None and np.issubdtype(y.dtype, np.integer):
         raw = [names[int(v)] if 0 <= int(v) < len(names) else str(v) for v in y]
     else:
@@ -884,11 +886,21 @@ def _load_manifest(path: Path, o: LoadOptions) -> ImageDataset:
             records = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read manifest {path}: {exc}") from exc
+    if not fields:
+        raise DataError(f"manifest {path} is empty; it needs a header line path,label[,...] and one row per image")
     missing = [c for c in ("path", "label") if c not in fields]
     if missing:
         raise DataError(f"manifest {path} lacks column(s) {missing}; it has {fields}. Required: path,label")
     if not records:
         raise DataError(f"manifest {path} has no rows")
+    for n, rec in enumerate(records):
+        if any(v is None for v in rec.values()):
+            given = sum(v is not None for v in rec.values())
+            raise DataError(
+                f"{path.name} row {n + 2} has {given} of the header's {len(fields)} columns; is the file truncated?"
+            )
+        if not (rec.get("label") or "").strip():
+            raise DataError(f"{path.name} row {n + 2} has an empty label; every image needs one")
     labels_all, names, source = _map_labels(
         [(r.get("label") or "").strip() for r in records],
         o,
@@ -941,15 +953,45 @@ def _read_card(manifest: Path) -> tuple[str, ...]:
     return tuple(str(n) for n in notes)
 
 
-def _load_npz(path: Path, o: LoadOptions) -> ImageDataset:
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (a zip of ``.npy`` files), never unpickling anything."""
+    what = "expected an .npz archive (numpy.savez) with arrays x (images) and y (labels)"
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not head:
+        raise DataError(f"{path} is empty; {what}")
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise DataError(f"{path} is not an .npz (zip) archive; {what}")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path} as .npz (pickled object arrays are not allowed): {exc}") from exc
+            return {k: npz[k] for k in npz.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(
+                f"{path} holds pickled object arrays, which can run code when read; auditkit does not read them: "
+                "save x and y as plain numeric arrays"
+            ) from exc
+        raise DataError(f"cannot read {path} as .npz (damaged or truncated?): {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged archive: BadZipFile, EOFError, zlib.error, a garbled .npy header, ...
+        raise DataError(f"cannot read {path} as .npz (damaged or truncated?): {type(exc).__name__}: {exc}") from exc
+
+
+def _load_npz(path: Path, o: LoadOptions) -> ImageDataset:
+    arrays = _read_npz(path)
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"{path} must hold arrays 'x' (images) and 'y' (labels); it has {sorted(arrays)}")
     x, y = arrays.pop("x"), arrays.pop("y")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{path}: x must be numbers (uint8, or float in [0, 1]); it holds dtype {x.dtype}")
+    if x.ndim not in (3, 4):
+        raise DataError(f"{path}: x has shape {x.shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W)")
+    if y.ndim != 1:
+        raise DataError(f"{path}: y must be one label per image, shape (N,); it has shape {y.shape}")
     if len(x) != len(y):
         raise DataError(f"{path}: x has {len(x)} images but y has {len(y)} labels")
     stored_names = arrays.pop("class_names", None)

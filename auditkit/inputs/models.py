@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import pickle
 import struct
 import zipfile
@@ -72,24 +73,86 @@ class ModelSpec:
 
     @classmethod
     def from_file(cls, path: Path) -> ModelSpec:
+        """Read a ``model.json``: a JSON object of the spec's fields, each of its type; anything else
+        is a :class:`ConfigError` (exit 2) naming the file and the field."""
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read model spec {path}: {exc}") from exc
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read model spec {path}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"model spec {path} is not UTF-8 text; it must be a JSON object (see docs/formats.md)"
+            ) from None
+        if not text.strip():
+            raise ConfigError(f"model spec {path} is empty; write the JSON object save_model writes, or remove it")
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"cannot read model spec {path}: not valid JSON (truncated?): {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ConfigError(f"model spec {path} must be a JSON object, got a JSON {type(doc).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(doc) - known)
         if unknown:
             raise ConfigError(f"model spec {path} has unknown keys {unknown}; allowed: {sorted(known)}")
-        if not isinstance(doc, dict):
-            raise ConfigError(f"model spec {path} must be a JSON object, got {type(doc).__name__}")
-        for key in ("input_size", "mean", "std", "class_names", "crop"):
-            if doc.get(key) is not None:
-                if not isinstance(doc[key], list):
-                    raise ConfigError(f"model spec {path}: {key} must be a list, got {doc[key]!r}")
-                doc[key] = tuple(doc[key])
-        if not isinstance(doc.get("arch_kwargs", {}), dict):
-            raise ConfigError(f"model spec {path}: arch_kwargs must be an object, got {doc['arch_kwargs']!r}")
-        return cls(**doc)
+        return cls(**{key: _spec_field(path, key, value) for key, value in doc.items()})
+
+
+SPEC_TEXT_FIELDS = ("arch", "weights", "resize_interpolation", "output")
+SPEC_SIZE_FIELDS = ("input_size", "crop")
+
+
+def _spec_field(path: Path, key: str, value: Any) -> Any:
+    """One ``model.json`` field checked against its type (``None``: not given)."""
+
+    def wrong(what: str) -> ConfigError:
+        return ConfigError(f"model spec {path}: {key} must be {what}, got {value!r}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if key == "arch_kwargs":
+        if not isinstance(value, dict):
+            raise ConfigError(f"model spec {path}: arch_kwargs must be an object, got {value!r}")
+        return value
+    if value is None:
+        return None
+    if key == "output" and is_int(value):
+        return str(value)
+    if key in SPEC_TEXT_FIELDS:
+        if not isinstance(value, str) or not value:
+            raise wrong("a non-empty string")
+        return value
+    if key in ("num_classes", "resize"):
+        if not is_int(value) or value < 1:
+            raise wrong("a positive integer")
+        return value
+    if key == "channels":
+        if not is_int(value) or value not in (1, 3):
+            raise wrong("1 or 3")
+        return value
+    if key == "antialias":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if key in SPEC_SIZE_FIELDS:
+        if not isinstance(value, list) or len(value) != 2 or not all(is_int(v) and v >= 1 for v in value):
+            raise wrong("a list of two positive integers [H, W]")
+        return tuple(value)
+    if key in ("mean", "std"):
+        if not isinstance(value, list) or len(value) not in (1, 3) or not all(is_number(v) for v in value):
+            raise wrong("a list of 1 or 3 finite numbers (one per channel)")
+        if key == "std" and min(value) <= 0:
+            raise wrong("positive")
+        return tuple(float(v) for v in value)
+    if key == "class_names":
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise wrong("a list of non-empty strings, in output order")
+        return tuple(value)
+    return value
 
 
 class AuditModel(nn.Module):

@@ -76,7 +76,7 @@ class HardenSettings(Settings):
     val_fraction: float = setting(0.1, "Share of DATA held out for validation.", gt=0, le=0.5)
     eval_fraction: float = setting(0.2, "Share of DATA held out to audit (no --eval-data).", gt=0, le=0.5)
     eval_steps: int | None = setting(
-        None, "PGD steps of the evaluation attack. [default: max(20, 2 x --attack-steps)]", ge=1
+        None, "Steps of the evaluation attack. [default: fast max(20, 2 x --attack-steps); standard 100]", ge=1
     )
 
     def config(self, audit: AuditConfig) -> HardenConfig:
@@ -133,7 +133,8 @@ class HardenConfig:
 
     @property
     def attack_steps(self) -> int:
-        """PGD steps of the evaluation attack: at least 20 and twice the training attack's."""
+        """PGD steps of the evaluation attack under ``--strength fast``: at least 20 and twice the training
+        attack's (``standard`` and ``thorough`` run APGD with their own 100 steps unless ``--eval-steps``)."""
         return self.eval_steps or max(20, 2 * self.train.attack_steps)
 
 
@@ -209,7 +210,7 @@ def audit_config(cfg: HardenConfig, model: str, data: str, out: Path) -> AuditCo
         checks=_audit_checks(cfg),
         norm=t.norm,
         epsilons=epsilons,
-        steps=cfg.attack_steps,
+        steps=cfg.attack_steps if attack.strength == "fast" else cfg.eval_steps,
         mean_range=t.rotate or rotation.mean_range,
         spatial=False,
     )
