@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -175,7 +176,7 @@ class RunResults:
     samples: SampleOutcomes | None = None
     recorded_run_id: str = field(default="", compare=False)  # as read from a results.json
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
         """16 hex digits that identify this run's results: stored in results.json and in the report
         written with it, so a reader can tell that the two files belong together."""
@@ -262,7 +263,8 @@ def pair_notice(results_path: Path, results: RunResults) -> str | None:
     is no report."""
     report = results_path.with_name("index.html")
     try:
-        head = report.read_text(encoding="utf-8", errors="replace")[:4096]
+        with report.open("rb") as fh:
+            head = fh.read(4096).decode("utf-8", errors="replace")
     except OSError:
         return None
     found = RUN_ID_META.search(head)

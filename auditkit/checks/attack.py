@@ -305,13 +305,20 @@ class AdversarialAttack(Check):
         return f"APGD-CE + APGD-T {norm} ({self.steps} steps, {targets} targets{extra})"
 
     def _attack(
-        self, model: nn.Module, x: Tensor, y: Tensor, eps: float, target: Tensor, generator: torch.Generator
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps: float,
+        target: Tensor,
+        generator: torch.Generator,
+        num_classes: int,
     ) -> tuple[Tensor, Tensor]:
         """The configured attack on one batch ``x`` ``(B, C, H, W)``, labels ``y`` ``(B,)``: returns the
         adversarial images ``(B, C, H, W)`` and ``(B,)`` success (``target`` ``(B,)`` is for targeted PGD)."""
         if not self.uses_apgd:
             return self.pgd(model, x, y, eps, target=target, generator=generator)
-        k = int(model(x[:1]).shape[1]) if x.shape[0] else 0
+        k = num_classes
         best, success = APGD(norm=self.norm, loss="ce", steps=self.steps, restarts=self.restarts)(
             model, x, y, eps, generator=generator
         )
@@ -336,21 +343,30 @@ class AdversarialAttack(Check):
         target = (clean.label + 1) % k  # targeted PGD: each sample towards the next class
         idx = torch.nonzero(clean.correct).flatten()[: self.sanity_samples]
         sanity = data.take(idx)
-        probes = _concat(engine.map(lambda b: _probe(model, b), sanity, description="soundness probes", grad=True), 5)
-        signal = _gradient_signal(probes[4])
+        probes = _concat(engine.map(lambda b: _probe(model, b), sanity, description="soundness probes", grad=True), 6)
+        signal = _gradient_signal(probes[5])
         if not signal.passed and not self.attack.startswith("foolbox:"):
             return self._result(clean, data, (), (signal,), ())
-        if self.attack.startswith("foolbox:"):
+        foolbox = self.attack.startswith("foolbox:")
+        if foolbox:
             broken_at = self._foolbox_curve(model, data, engine, clean.correct)
         else:
             broken_at = self._native_curve(model, data, engine, clean.correct, target)
+        attack_checks: list[Soundness] = []
+        if len(sanity) and max(self.epsilons) > 0:
+            attack_checks += self._attack_checks(model, sanity, engine, broken_at[idx], k)
+            if not foolbox:
+                robust = [float((clean.correct & (broken_at > i)).float().mean()) for i in range(len(self.epsilons))]
+                converged, found = self._convergence(model, sanity, engine, broken_at[idx], robust, k)
+                attack_checks.append(converged)
+                broken_at[idx] = torch.minimum(broken_at[idx], found)  # what the second attack broke is broken
         n = len(data)
         curve = []
         for i, eps in enumerate(self.epsilons):
-            robust = clean.correct & ~(broken_at <= i)
-            curve.append(CurvePoint(eps=eps, robust=wilson_interval(int(robust.sum()), n)))
+            robust_i = clean.correct & ~(broken_at <= i)
+            curve.append(CurvePoint(eps=eps, robust=wilson_interval(int(robust_i.sum()), n)))
             metric = f"attack.robust_accuracy[norm={self.norm},eps={fmt(eps)}]"
-            engine.publish(data, Outcome(key=metric, label="", values=robust.float(), metric=metric, per_group=False))
+            engine.publish(data, Outcome(key=metric, label="", values=robust_i.float(), metric=metric, per_group=False))
         last = len(self.epsilons) - 1
         engine.publish(
             data,
@@ -361,11 +377,7 @@ class AdversarialAttack(Check):
             ),
         )
         mono = all(b <= a + 1e-12 for a, b in itertools.pairwise(p.robust.value for p in curve))
-        checks = [signal, *_model_checks(clean.pred[idx], mono, *probes)]
-        if len(sanity) and max(self.epsilons) > 0:
-            checks += self._attack_checks(model, sanity, engine, broken_at[idx], k)
-            if not self.attack.startswith("foolbox:"):
-                checks.append(self._convergence(model, sanity, engine, broken_at[idx], curve, k))
+        checks = [signal, *_model_checks(clean.pred[idx], mono, *probes[:5]), *attack_checks]
         return self._result(clean, data, tuple(curve), tuple(checks), self._gallery(model, data, engine, broken_at))
 
     def _result(
@@ -410,7 +422,7 @@ class AdversarialAttack(Check):
 
             def attack(b: Batch, eps: float = eps, sub_target: Tensor = sub_target) -> tuple[int, int, Tensor]:
                 tgt = sub_target[b.start : b.stop].to(b.x.device)
-                _, success = self._attack(model, b.x, b.y, eps, tgt, b.generator())
+                _, success = self._attack(model, b.x, b.y, eps, tgt, b.generator(), data.num_classes)
                 return b.start, b.stop, success.cpu()
 
             for start, stop, success in engine.map(attack, sub, description=f"{name} eps={eps:.4g}", grad=True):
@@ -488,56 +500,68 @@ class AdversarialAttack(Check):
         sanity: ImageDataset,
         engine: Engine,
         broken_at: Tensor,
-        curve: list[CurvePoint],
+        robust: list[float],
         num_classes: int,
-    ) -> Soundness:
-        """Re-attack, with a different attack (:meth:`_second_opinion`), the sanity images the main attack
-        left standing at every epsilon where robust accuracy is within ``CONVERGENCE_RANGE``. Fails when the
-        95% Wilson lower bound of the share of the M sanity images it breaks on top exceeds
-        ``CONVERGENCE_TOLERANCE``: the main attack had not converged and the curve overstates robustness."""
+    ) -> tuple[Soundness, Tensor]:
+        """Re-attack, with a different attack (:meth:`_second_opinion`), the M sanity images the main attack
+        left standing (``broken_at`` ``(M,)``: their curve indices) at every epsilon whose robust accuracy
+        (``robust``, one per epsilon) is within ``CONVERGENCE_RANGE``, and at the largest epsilon unless its
+        robust accuracy is below the range. Fails when the 95% Wilson lower bound of the share of the M
+        images it breaks on top exceeds ``CONVERGENCE_TOLERANCE``: the main attack had not converged.
+
+        Returns the check and ``(M,)`` the first epsilon index at which the second attack broke each image
+        (``len(epsilons)`` if never), which the caller counts as broken in the curve.
+        """
         second = self._second_opinion(num_classes)
-        m = len(sanity)
+        m, last = len(sanity), len(self.epsilons) - 1
         lo_r, hi_r = CONVERGENCE_RANGE
+        found = torch.full((m,), len(self.epsilons), dtype=torch.long)
         worst: tuple[float, float, int] | None = None  # (lower bound, eps, extra broken)
         checked = []
-        for i, (eps, point) in enumerate(zip(self.epsilons, curve, strict=True)):
-            if eps == 0 or not lo_r <= point.robust.value <= hi_r:
+        for i, eps in enumerate(self.epsilons):
+            if eps == 0 or robust[i] < lo_r or (robust[i] > hi_r and i != last):
                 continue
-            standing = torch.nonzero(broken_at > i).flatten()
+            standing = torch.nonzero((broken_at > i) & (found > i)).flatten()
             checked.append(f"{eps:.4g}")
-            if len(standing) == 0:
-                continue
-            sub = sanity.take(standing)
+            extra = 0
+            if len(standing):
+                sub = sanity.take(standing)
 
-            def attack(b: Batch, eps: float = eps) -> Tensor:
-                return second(model, b.x, b.y, eps, generator=b.generator())[1].cpu()
+                def attack(b: Batch, eps: float = eps) -> Tensor:
+                    return second(model, b.x, b.y, eps, generator=b.generator())[1].cpu()
 
-            extra = int(
-                torch.cat(list(engine.map(attack, sub, description=f"convergence eps={eps:.4g}", grad=True))).sum()
-            )
+                hit = torch.cat(list(engine.map(attack, sub, description=f"convergence eps={eps:.4g}", grad=True)))
+                found[standing[hit]] = i
+                extra = int(hit.sum())
             bound = wilson_interval(extra, m).low
             if worst is None or bound > worst[0]:
                 worst = (bound, eps, extra)
-        what = f"{second.name}, {second.steps} steps"
-        if not checked:
-            return Soundness(
-                "converged",
-                True,
-                0.0,
-                f"No epsilon has a robust accuracy between {lo_r:.0%} and {hi_r:.0%}, where a weak attack "
-                "would show; nothing to re-check.",
-            )
         if worst is None:
-            worst = (0.0, float(self.epsilons[-1]), 0)
+            return (
+                Soundness(
+                    "converged",
+                    True,
+                    0.0,
+                    f"No epsilon has a robust accuracy between {lo_r:.0%} and {hi_r:.0%} (or above it at the "
+                    "largest epsilon), where a weak attack would show; nothing to re-check.",
+                ),
+                found,
+            )
         bound, eps, extra = worst
-        return Soundness(
-            "converged",
-            bound <= CONVERGENCE_TOLERANCE,
-            extra / m,
-            f"A second, different attack ({what}) re-attacked the {m} sanity images at eps "
-            f"{', '.join(checked)}. It broke at most {extra} more ({100 * extra / m:.1f} points, at eps {eps:.4g}). "
-            f"More than the {100 * CONVERGENCE_TOLERANCE:.0f}-point tolerance (95% lower bound) means the main "
-            "attack had not converged and the curve overstates robustness: use a stronger --strength.",
+        stronger = "use a stronger --strength" if self.strength != "thorough" else "the model may mask gradients"
+        return (
+            Soundness(
+                "converged",
+                bound <= CONVERGENCE_TOLERANCE,
+                extra / m,
+                f"A second, different attack ({second.name}, {second.steps} steps) re-attacked those of the "
+                f"{m} sanity images that the main attack left standing at eps {', '.join(checked)}. "
+                f"It broke at most {extra} more ({100 * extra / m:.1f} points of the sanity images, "
+                f"at eps {eps:.4g}); those count as broken in the curve above, but the rest of the data "
+                f"was not re-attacked. A 95% lower bound above {100 * CONVERGENCE_TOLERANCE:.0f} point "
+                f"means the main attack had not converged and the curve overstates robustness: {stronger}.",
+            ),
+            found,
         )
 
     # ---------------------------------------------------------------- gallery
@@ -554,7 +578,13 @@ class AdversarialAttack(Check):
         y = sub.labels.to(engine.device)
         with torch.enable_grad():
             adv, success = self._attack(
-                model, x, y, eps, (y + 1) % data.num_classes, torch.Generator().manual_seed(engine.seed)
+                model,
+                x,
+                y,
+                eps,
+                (y + 1) % data.num_classes,
+                torch.Generator().manual_seed(engine.seed),
+                data.num_classes,
             )
         with torch.no_grad():
             p_clean = torch.softmax(model(x).float(), 1)
@@ -584,11 +614,12 @@ class AdversarialAttack(Check):
         return tuple(out)
 
 
-def _probe(model: nn.Module, b: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _probe(model: nn.Module, b: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per-sample probes of one batch ``x`` ``(B, C, H, W)``, each ``(B,)`` on the CPU: the predicted
     class, the largest logit drift between two identical forward passes, whether the outputs look
-    like probabilities (all in ``[0, 1]``, summing to 1), whether the loss is finite and whether the
-    input gradient of the loss is exactly zero. Needs grad enabled.
+    like probabilities (all in ``[0, 1]``, summing to 1), whether the loss is finite, whether the
+    input gradient of the cross-entropy is exactly zero, and whether the input gradient of the logit
+    margin (which never saturates) is zero or NaN too: no gradient signal at all. Needs grad enabled.
     """
     with torch.no_grad():
         first, second = model(b.x), model(b.x)
@@ -597,17 +628,24 @@ def _probe(model: nn.Module, b: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, 
     in_range = ((first >= 0) & (first <= 1)).flatten(1).all(dim=1)
     looks_prob = in_range & torch.isclose(rows, torch.ones_like(rows), atol=1e-3)
     xg = b.x.clone().requires_grad_(True)
-    loss = F.cross_entropy(model(xg), b.y, reduction="none")
+    logits = model(xg).float()
+    loss = F.cross_entropy(logits, b.y, reduction="none")
+    none = torch.ones(b.x.shape[0], dtype=torch.bool)
     if not loss.requires_grad:  # no autograd path from the input (a hard threshold, a detached layer)
-        zero = torch.ones(b.x.shape[0], dtype=torch.bool)
-    else:
-        (grad,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
-        zero = (
-            torch.ones(b.x.shape[0], dtype=torch.bool, device=b.x.device)
-            if grad is None
-            else ~(grad.flatten(1).abs().amax(dim=1) > 0)  # all-zero or NaN
-        )
-    return first.argmax(1).cpu(), drift.cpu(), looks_prob.cpu(), torch.isfinite(loss).cpu(), zero.cpu()
+        return first.argmax(1).cpu(), drift.cpu(), looks_prob.cpu(), torch.isfinite(loss).cpu(), none, none
+    true = logits.gather(1, b.y[:, None]).squeeze(1)
+    rival = logits.scatter(1, b.y[:, None], float("-inf")).amax(dim=1)
+    ce_grad, margin_grad = (
+        torch.autograd.grad(value.sum(), xg, retain_graph=True, allow_unused=True)[0] for value in (loss, rival - true)
+    )
+
+    def flat_or_bad(grad: Tensor | None) -> Tensor:  # all-zero or NaN per sample
+        if grad is None:
+            return none.to(b.x.device)
+        return ~(grad.flatten(1).abs().amax(dim=1) > 0)
+
+    zero, no_signal = flat_or_bad(ce_grad), flat_or_bad(margin_grad)
+    return first.argmax(1).cpu(), drift.cpu(), looks_prob.cpu(), torch.isfinite(loss).cpu(), zero.cpu(), no_signal.cpu()
 
 
 _KINDS: dict[type | None, str] = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}
@@ -669,19 +707,23 @@ def _check_foolbox(attack: str, args: str | None, norm: str) -> dict[str, Any]:
     return kwargs
 
 
-def _gradient_signal(zero_grad: Tensor) -> Soundness:
-    """``gradient_signal`` from the ``(M,)`` no-gradient flags of :func:`_probe`: fails when no sanity
+def _gradient_signal(no_signal: Tensor) -> Soundness:
+    """``gradient_signal`` from the ``(M,)`` no-signal flags of :func:`_probe`: fails when no sanity
     image has a usable input gradient, and then no gradient attack is run (it would report nothing real)."""
-    none = len(zero_grad) > 0 and bool(zero_grad.all())
+    if len(no_signal) == 0:
+        return Soundness(
+            "gradient_signal", True, 1.0, "No correctly classified image to probe, so nothing to attack either."
+        )
+    none = bool(no_signal.all())
     return Soundness(
         "gradient_signal",
         not none,
         0.0 if none else 1.0,
-        "No gradient signal: the loss has no usable gradient with respect to the input (no autograd path, "
-        "or gradients all zero or NaN), so gradient attacks cannot evaluate this model and no robust accuracy "
-        "is reported. Use a gradient-free attack (e.g. --attack foolbox:BoundaryAttack)."
+        "No gradient signal: neither the cross-entropy nor the logit margin has a usable gradient with respect to "
+        "the input (no autograd path, or gradients all zero or NaN), so gradient attacks cannot evaluate this "
+        "model and no robust accuracy is reported. Use a gradient-free attack (e.g. --attack foolbox:BoundaryAttack)."
         if none
-        else "The loss has a usable input gradient on at least one sanity image, so gradient attacks can run.",
+        else "The logit margin has a usable input gradient on at least one sanity image, so gradient attacks can run.",
     )
 
 

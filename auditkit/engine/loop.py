@@ -212,6 +212,8 @@ class Engine:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if self._counting_nonfinite or not isinstance(output, Tensor) or not output.is_floating_point():
                 return
+            if output.numel() == 0:
+                return
             finite = torch.isfinite(output.detach()).reshape(output.shape[0], -1).all(dim=1)
             if not bool(finite.all()):
                 raise NonFiniteOutputError(
