@@ -308,7 +308,7 @@ def test_mismatched_baseline_is_refused_before_the_audit_runs(
     policy.write_text('[baseline]\nmetrics = ["clean.accuracy"]\n')
     model = results.parent / "model" / "model.safetensors"
     args = ["audit", str(model), str(results.parent / "data" / "test.csv"), "--cue-size", "8"]
-    args += ["--epsilons", "0,0.01,0.02,0.05,0.1", "--strength", "fast"]  # as the demo ran, but for cue_size
+    args += ["--epsilons", "0,0.01,0.02,0.05,0.1", "--steps", "20"]  # as the demo ran, but for cue_size
     out = CliRunner().invoke(app, [*args, "--policy", str(policy), "--baseline", str(results), "--out", str(tmp_path)])
     assert out.exit_code == 3, out.output
     assert "cue_size: 4 vs 8 now" in out.output
