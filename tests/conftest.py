@@ -107,10 +107,12 @@ def single_thread_env() -> dict[str, str]:
 
 
 def comparable(results_json: Path) -> dict[str, object]:
-    """results.json without what differs between runs by nature: wall-clock timings and start time."""
+    """results.json without what differs between runs by nature: wall-clock timings, start time and the
+    run id (a hash of the content, timings included)."""
     import json
 
     doc = json.loads(results_json.read_text())
+    doc.pop("run_id")
     doc["manifest"].pop("timings")
     doc["manifest"].pop("started_at")
     return doc

@@ -31,7 +31,7 @@ from auditkit.engine.loop import Batch, Engine, Outcome
 from auditkit.exceptions import ConfigError
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
-from auditkit.ops.apgd import APGD, Loss
+from auditkit.ops.apgd import APGD, Loss, standard_attack
 from auditkit.ops.attacks import NORMS, PGD, Norm
 from auditkit.ops.metrics import wilson_interval
 from auditkit.results import CheckResult, Interval, Metric, fmt, pct
@@ -318,17 +318,17 @@ class AdversarialAttack(Check):
         adversarial images ``(B, C, H, W)`` and ``(B,)`` success (``target`` ``(B,)`` is for targeted PGD)."""
         if not self.uses_apgd:
             return self.pgd(model, x, y, eps, target=target, generator=generator)
-        k = num_classes
-        best, success = APGD(norm=self.norm, loss="ce", steps=self.steps, restarts=self.restarts)(
-            model, x, y, eps, generator=generator
+        return standard_attack(
+            model,
+            x,
+            y,
+            eps,
+            norm=self.norm,
+            generator=generator,
+            steps=self.steps,
+            restarts=self.restarts,
+            num_classes=num_classes,
         )
-        idx = torch.nonzero(~success).flatten()
-        if len(idx) and eps > 0 and k >= 4:
-            targeted = APGD(norm=self.norm, loss="dlr", targeted=True, steps=self.steps, n_targets=min(9, k - 1))
-            adv, hit = targeted(model, x[idx], y[idx], eps, generator=generator)
-            best[idx[hit]] = adv[hit]
-            success[idx[hit]] = True
-        return best, success
 
     def _second_opinion(self, num_classes: int) -> APGD:
         """The convergence check's attack: APGD on another loss (DLR; CE below 3 classes), twice the

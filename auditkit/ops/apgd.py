@@ -250,19 +250,24 @@ def standard_attack(
     generator: torch.Generator | None,
     steps: int = 100,
     n_targets: int = 9,
+    restarts: int = 1,
+    num_classes: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """APGD-CE, then APGD-T on the samples it did not break: AutoAttack's "standard" without FAB and Square.
+    """APGD-CE (``restarts`` random starts), then APGD-T on the samples it did not break: AutoAttack's
+    "standard" without FAB and Square. APGD-T needs 4 classes; below that only APGD-CE runs.
 
     ``x``: ``(B, C, H, W)`` in ``[0, 1]``; ``y``: ``(B,)``. Returns ``(x_adv, success)``, ``(B, C, H, W)``
-    and ``(B,)`` bool (misclassified).
+    and ``(B,)`` bool (misclassified). ``num_classes`` saves a forward pass when known.
     """
-    best, success = APGD(norm=norm, loss="ce", steps=steps)(model, x, y, eps, generator=generator)
+    best, success = APGD(norm=norm, loss="ce", steps=steps, restarts=restarts)(model, x, y, eps, generator=generator)
     idx = torch.nonzero(~success).flatten()
     if len(idx) and eps > 0:
-        attack = APGD(norm=norm, loss="dlr", targeted=True, steps=steps, n_targets=n_targets)
-        adv, hit = attack(model, x[idx], y[idx], eps, generator=generator)
-        best[idx[hit]] = adv[hit]
-        success[idx[hit]] = True
+        k = num_classes if num_classes is not None else int(model(x[:1]).shape[1])
+        if k >= 4:
+            attack = APGD(norm=norm, loss="dlr", targeted=True, steps=steps, n_targets=min(n_targets, k - 1))
+            adv, hit = attack(model, x[idx], y[idx], eps, generator=generator)
+            best[idx[hit]] = adv[hit]
+            success[idx[hit]] = True
     return best, success
 
 

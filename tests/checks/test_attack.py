@@ -97,8 +97,8 @@ class _Noisy(_Saturated):
 
 @pytest.mark.parametrize(
     ("wrapper", "flag"),
-    # saturated and quantised models give no gradient at all (not even the logit margin): no curve
-    [(_Saturated, "gradient_signal"), (_Quantised, "gradient_signal"), (_Noisy, "deterministic_forward")],
+    # a quantised model gives no gradient at all (not even the logit margin): no curve
+    [(_Saturated, "nonzero_gradients"), (_Quantised, "gradient_signal"), (_Noisy, "deterministic_forward")],
 )
 def test_gradient_masking_models_raise_the_matching_flag(
     demo_model: LoadedModel, sample: ImageDataset, wrapper: type, flag: str
@@ -237,8 +237,10 @@ def test_convergence_check_fires_on_fast_and_stays_quiet_on_standard(
     assert fast.attack == "PGD-20 Linf" and standard.attack.startswith("APGD-CE + APGD-T Linf (50 steps, 9 targets")
     assert not _soundness(fast)["converged"], fast.soundness[-1].explanation
     assert _soundness(standard)["converged"], standard.soundness[-1].explanation
-    # standard is the stronger attack: a lower (tighter) upper bound on robust accuracy
-    assert standard.curve[-1].robust.value < fast.curve[-1].robust.value - 0.05
+    # the second attack broke more of what fast left standing than of what standard did (what it breaks
+    # then counts in the curve)
+    converged = {r.strength: next(s for s in r.soundness if s.name == "converged") for r in (fast, standard)}
+    assert converged["fast"].value > converged["standard"].value
     assert "loose upper bound" in fast.headline() and "loose" not in standard.headline()
 
 
