@@ -211,15 +211,16 @@ class AttackSettings(Settings):
 
 
 class AdversarialAttack(Check):
-    """FGSM/PGD (or a foolbox attack) over a list of epsilons, plus soundness checks."""
+    """APGD-CE + APGD-T, PGD, FGSM or a foolbox attack over a list of epsilons, plus soundness checks."""
 
     name = "attack"
     settings_type = AttackSettings
     result_type = AttackResult
     command = "attack"
     help = (
-        "FGSM/PGD (Linf, L2) robust-accuracy curve over epsilons, or any foolbox attack, with soundness checks "
-        "that flag gradient masking; writes results.json and index.html."
+        "Robust-accuracy curve over epsilons (Linf, L2) under APGD-CE + APGD-T (--strength standard, the default), "
+        "PGD-20 (fast), FGSM or any foolbox attack, with soundness checks that flag gradient masking and an attack "
+        "that had not converged; writes results.json and index.html."
     )
 
     @classmethod
