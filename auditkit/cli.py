@@ -14,17 +14,29 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from auditkit import options, registry
+from auditkit import __version__, options, registry
 from auditkit.exceptions import ConfigError
 from auditkit.messages import DEBUG, fail, handle_errors, say
-from auditkit.settings import SHARED, EngineSettings, InputSettings, OutputSettings, Settings
+from auditkit.settings import (
+    OUTPUT_PANEL,
+    SHARED,
+    DemoSettings,
+    EngineSettings,
+    HardenSettings,
+    InputSettings,
+    OutputSettings,
+    Settings,
+)
 
-CONFIG = options.option("auditkit.toml with the same keys as these flags; flags win.", "--config", "-c")
+CONFIG = options.option("auditkit.toml with the same keys as these flags; flags win.", "--config", "-c", panel="Run")
 GATE = [
-    options.option("Gate the results with this policy (TOML); exit 1 when a rule fails.", "--policy"),
-    options.option("A baseline results.json for the policy's [baseline] rules.", "--baseline"),
-    options.option("Write the gate's verdicts as JUnit XML here.", "--junit"),
-    options.option('Append a Markdown verdict table here (e.g. "$GITHUB_STEP_SUMMARY").', "--summary"),
+    options.option("Gate the results with this policy (TOML); exit 1 if a rule fails.", "--policy", panel=OUTPUT_PANEL),
+    options.option("A baseline results.json for the policy's [baseline] rules.", "--baseline", panel=OUTPUT_PANEL),
+    options.option("Write the gate's verdicts as JUnit XML here.", "--junit", panel=OUTPUT_PANEL),
+    options.option("Append a Markdown verdict table here ($GITHUB_STEP_SUMMARY).", "--summary", panel=OUTPUT_PANEL),
+]
+ResultsArg = Annotated[
+    Path, typer.Argument(help="A results.json written by auditkit.", metavar="RESULTS", show_default=False)
 ]
 BaselineOpt = Annotated[Path | None, typer.Option(help="A baseline results.json.", show_default=False)]
 JunitOpt = Annotated[Path | None, typer.Option(help="Write the verdicts as JUnit XML here.", show_default=False)]
@@ -35,8 +47,8 @@ def _audit_body(checks: tuple[str, ...] | None) -> Callable[[dict[str, Any]], No
     @handle_errors
     def body(values: dict[str, Any]) -> None:
         from auditkit import api
-        from auditkit.audit import raise_for_failures
         from auditkit.config import resolve_config
+        from auditkit.pipeline import raise_for_failures
 
         config_file = values.pop("config")
         gate = api.Gate(*(values.pop(k) for k in ("policy", "baseline", "junit", "summary")))
@@ -57,18 +69,37 @@ def _audit_body(checks: tuple[str, ...] | None) -> Callable[[dict[str, Any]], No
     return body
 
 
+#: one line per command in ``auditkit --help`` (a check without an entry shows its help's first sentence)
+SUMMARIES = {
+    "audit": "Every check in one pass; write results.json and index.html.",
+    "rotate": "Accuracy against rotation angle, per class, and a worst-of-k spatial attack.",
+    "attack": "Robust-accuracy curves over epsilons (Linf, L2) under APGD, PGD, FGSM or foolbox.",
+    "saliency": "Saliency maps through captum, with the parameter-randomisation sanity check.",
+    "shortcut": "Shortcut probes: planted cue, cue removal, location, saliency mass on the cue.",
+    "subgroups": "Errors per subgroup and intersection, with intervals and disparity tests.",
+    "report": "Re-render index.html from a results.json alone.",
+    "gate": "Gate a results.json against a policy (and a baseline run): exit 0 pass, 1 fail.",
+    "demo": "Train a demo CNN (digits or Fashion-MNIST) and audit it.",
+    "harden": "Adversarial and/or rotation training of MODEL, then a before/after audit.",
+}
+
+
 def _register_audit_commands(app: typer.Typer) -> None:
-    shared = options.parameters(SHARED)
     checks = registry.checks().values()
     every = options.parameters([c.settings_type for c in checks])
     names = ", ".join(c.name for c in checks)
     audit_help = f"Audit MODEL on DATA with every check ({names}); write results.json and index.html."
-    app.command("audit", help=audit_help)(options.command(_audit_body(None), [*shared, CONFIG, *GATE, *every]))
+    app.command("audit", help=audit_help, short_help=SUMMARIES["audit"], cls=options.Command)(
+        options.command(_audit_body(None), [*options.parameters(SHARED), CONFIG, *GATE, *every])
+    )
     for check in checks:
         if check.command:
-            params = [*shared, CONFIG, *GATE, *options.parameters([check.settings_type])]
+            shared = options.parameters(SHARED, brief=True)  # advanced options: accepted, listed by audit --help
+            params = [*shared, CONFIG, *GATE, *options.parameters([check.settings_type], brief=True)]
             body = _audit_body(("clean", check.name))
-            app.command(check.command, help=check.help)(options.command(body, params))
+            app.command(check.command, help=check.help, short_help=SUMMARIES.get(check.command), cls=options.Command)(
+                options.command(body, params)
+            )
 
 
 def _no_file_above(path: Path, flag: str) -> None:
@@ -96,8 +127,17 @@ def _output_file(path: Path | None, flag: str) -> None:
     _no_file_above(path, flag)
 
 
-def _debug(
+def _version(value: bool) -> None:
+    if value:
+        say(f"auditkit {__version__}")
+        raise typer.Exit(0)
+
+
+def _main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_version)
+    ] = False,
 ) -> None:
     DEBUG[0] = DEBUG[0] or debug
 
@@ -134,7 +174,7 @@ def _print_summary(results: Any, json_path: Path | None, html_path: Path | None)
 
 @handle_errors
 def report(
-    results: Annotated[Path, typer.Argument(help="A results.json written by auditkit.", show_default=False)],
+    results: ResultsArg,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -160,7 +200,7 @@ def report(
 
 @handle_errors
 def gate(
-    results: Annotated[Path, typer.Argument(help="A results.json written by auditkit.", show_default=False)],
+    results: ResultsArg,
     policy: Annotated[Path, typer.Option(help="Policy TOML: [[rule]] metric/op/value, [baseline].")],
     baseline: BaselineOpt = None,
     junit: JunitOpt = None,
@@ -173,7 +213,7 @@ def gate(
     ] = None,
 ) -> None:
     """Gate a results.json against a policy (and a baseline run): exit 0 pass, 1 fail."""
-    from auditkit.api import Gate, regate
+    from auditkit.gate import Gate, regate
     from auditkit.results import RunResults, pair_notice
 
     if out is not None:
@@ -188,7 +228,7 @@ def gate(
 
 @handle_errors
 def _demo(values: dict[str, Any]) -> None:
-    from auditkit.demo import DemoSettings, run_named_demo
+    from auditkit.demo import run_named_demo
 
     settings = DemoSettings.build(values)
     EngineSettings.build({"device": settings.device})  # a bad --device fails before any training
@@ -216,7 +256,6 @@ HARDEN_HELP = (
 def _harden_params() -> list[Any]:
     from auditkit.checks.attack import AttackSettings
     from auditkit.checks.rotation import RotationSettings
-    from auditkit.training.harden import HardenSettings
 
     engine = [n for n in EngineSettings.model_fields if n not in ("resume", "distributed", "stream", "workers")]
     picked: list[tuple[type[Settings], list[str]]] = [
@@ -232,11 +271,12 @@ def _harden_params() -> list[Any]:
 @handle_errors
 def _harden(values: dict[str, Any]) -> None:
     from auditkit.config import resolve_config
-    from auditkit.training.harden import HardenSettings, run_harden
+    from auditkit.training.harden import harden_config, run_harden
 
     own = {k: values.pop(k) for k in HardenSettings.model_fields}
-    cfg = HardenSettings.build(own).config(
-        resolve_config({**values, "out": values["out"] if values["out"] is not None else "reports/harden"})
+    cfg = harden_config(
+        HardenSettings.build(own),
+        resolve_config({**values, "out": values["out"] if values["out"] is not None else "reports/harden"}),
     )
     _output_folder(Path(cfg.audit.out), "--out")
     say(f"hardening with {cfg.train.label}; auditing the original model first")
@@ -252,6 +292,24 @@ def _harden(values: dict[str, Any]) -> None:
 class OneLineUsageErrors(TyperGroup):
     """Click's own usage errors (an unknown option, a value of the wrong type, a flag given a value,
     a missing option) as the one ``auditkit: error:`` line every other error is, exit 2."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        options.render_help(self, ctx)
+
+    def _usage_error(self, exc: Any, args: list[str]) -> str:
+        """One line: click's message, which commands take an option this one does not, where to look."""
+        ctx = getattr(exc, "ctx", None)
+        name = ctx.info_name if ctx is not None and ctx.parent is not None else None
+        name = name or next((a for a in args if a in self.commands), None)
+        message = exc.format_message().rstrip(".")
+        option = getattr(exc, "option_name", None)
+        if option and any(option in p.opts for p in self.params):  # ``--debug=1``: an option of auditkit itself
+            name = None
+        if type(exc).__name__ == "NoSuchOption" and option and name:
+            takers = [n for n, c in self.commands.items() if any(option in p.opts for p in c.params)]
+            if takers:
+                message = f"No such option for {name}: {option} (an option of {', '.join(takers)})"
+        return f"{message} (see auditkit {name + ' ' if name else ''}--help)"
 
     def main(  # type: ignore[override]
         self,
@@ -270,9 +328,7 @@ class OneLineUsageErrors(TyperGroup):
             if type(exc).__name__ == "NoArgsIsHelpError":  # a bare ``auditkit``: the help, as before
                 exc.show()  # type: ignore[attr-defined]
                 sys.exit(code)
-            ctx = getattr(exc, "ctx", None)
-            hint = f" (see {ctx.command_path if ctx is not None else 'auditkit'} --help)"
-            fail(f"{exc.format_message().rstrip('.')}{hint}", code)
+            fail(self._usage_error(exc, list(sys.argv[1:] if args is None else args)), code)
             sys.exit(code)
         except typer.Abort:
             fail("aborted", 1)
@@ -294,14 +350,17 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
     )
-    app.callback()(_debug)
+    app.callback()(_main_options)
     _register_audit_commands(app)
     for fn in (report, gate):
-        app.command()(fn)
-    from auditkit.demo import DemoSettings
+        app.command(short_help=SUMMARIES[fn.__name__], cls=options.Command)(fn)
 
-    app.command("demo", help=DEMO_HELP)(options.command(_demo, options.parameters([DemoSettings])))
-    app.command("harden", help=HARDEN_HELP)(options.command(_harden, _harden_params()))
+    app.command("demo", help=DEMO_HELP, short_help=SUMMARIES["demo"], cls=options.Command)(
+        options.command(_demo, options.parameters([DemoSettings]))
+    )
+    app.command("harden", help=HARDEN_HELP, short_help=SUMMARIES["harden"], cls=options.Command)(
+        options.command(_harden, _harden_params())
+    )
     return app
 
 

@@ -8,7 +8,7 @@ the top level.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,11 +48,16 @@ class AuditConfig(InputSettings, EngineSettings, OutputSettings):
     @model_validator(mode="before")
     @classmethod
     def _route(cls, values: Any) -> Any:
-        """Flat (and sectioned) check keys -> one validated settings object per registered check."""
+        """Flat (and sectioned) check keys -> one validated settings object per check that runs.
+
+        The keys of a check that does not run (``[attack]`` in the file ``auditkit rotate --config``
+        reads) are validated, so a typo still fails, but not kept: they cannot change what this run
+        measures, so they stay out of its manifest and of the baseline comparison."""
         if not isinstance(values, dict):
             return values
         values = dict(values)
         given = dict(values.pop("check_settings", None) or {})
+        runs = values.get("checks") if isinstance(values.get("checks"), (list, tuple)) else None
         for name, check in registry.checks().items():
             kind = check.settings_type
             if isinstance(given.get(name), kind):
@@ -68,6 +73,8 @@ class AuditConfig(InputSettings, EngineSettings, OutputSettings):
                 given[name] = kind.model_validate(raw)
             except ValidationError as exc:
                 raise describe_error(exc) from None
+        if runs is not None:
+            given = {name: value for name, value in given.items() if name in runs}
         values["check_settings"] = given
         return values
 
@@ -115,11 +122,24 @@ def all_keys() -> tuple[str, ...]:
     return (*(k for kind in kinds for k in kind.model_fields), "checks")
 
 
-def comparable_keys() -> tuple[str, ...]:
-    """Settings that change what a metric means: a baseline must agree on every one of them."""
+def comparable_keys(checks: Collection[str] | None = None) -> tuple[str, ...]:
+    """Settings that change what a metric means: a baseline must agree on every one of them (the shared
+    ones and those of ``checks``; ``None``: of every check)."""
     keys = [k for kind in SHARED for k in kind.comparable_keys()]
-    keys += [k for check in registry.checks().values() for k in check.settings_type.comparable_keys()]
+    kinds = [c.settings_type for name, c in registry.checks().items() if checks is None or name in checks]
+    keys += [k for kind in kinds for k in kind.comparable_keys()]
     return tuple(keys)
+
+
+def checks_run(pairs: tuple[tuple[str, str], ...]) -> frozenset[str] | None:
+    """The checks a run's manifest config says it ran (``None``: it does not say, so every check)."""
+    import ast
+
+    text = dict(pairs).get("checks")
+    try:
+        return frozenset(ast.literal_eval(text)) if text is not None else None
+    except (ValueError, SyntaxError, TypeError):
+        return None
 
 
 def default_reprs() -> dict[str, str]:
@@ -169,4 +189,4 @@ def resolve_config(cli: Mapping[str, Any], config_file: Path | None = None) -> A
         raise ConfigError(f"{where}{exc}") from None
 
 
-__all__ = ["AuditConfig", "comparable_keys", "default_reprs", "read_config_file", "resolve_config"]
+__all__ = ["AuditConfig", "checks_run", "comparable_keys", "default_reprs", "read_config_file", "resolve_config"]

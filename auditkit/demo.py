@@ -11,21 +11,20 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import model_validator
 
 from auditkit import api
-from auditkit.audit import make_engine, raise_for_failures
 from auditkit.config import AuditConfig
 from auditkit.inputs.data import DIGITS_SITE_NOTE, card_path, digits_split, load_dataset
 from auditkit.inputs.models import AuditModel, ModelSpec, save_model
 from auditkit.io import atomic_write_bytes, atomic_write_text
+from auditkit.pipeline import make_engine, raise_for_failures
 from auditkit.results import RunResults
-from auditkit.settings import Settings, setting
+from auditkit.settings import DemoSettings
 from auditkit.training.train import EpochLog, TrainConfig, fit
 from auditkit.zoo import digits_cnn
 
@@ -248,35 +247,6 @@ def run_shortcut_demo(
         raise_for_failures(results)
         out[name] = results
     return out
-
-
-class DemoSettings(Settings):
-    """What ``auditkit demo`` trains and audits (its own CLI options)."""
-
-    dataset: Literal["digits", "fashion-mnist"] = setting(
-        "digits",
-        "digits (scikit-learn's load_digits, embedded) or fashion-mnist (the real Fashion-MNIST from Debian's "
-        "dataset-fashion-mnist package, read from --data-root).",
-    )
-    out: str | None = setting(
-        None,
-        "Output folder. [default: reports/demo; reports/demo-fashion with --dataset fashion-mnist]",
-        flag="--out -o",
-    )
-    data_root: str | None = setting(
-        None,
-        "Folder with Fashion-MNIST's IDX files (--dataset fashion-mnist). [default: /usr/share/datasets/fashion-mnist]",
-    )
-    epochs: int | None = setting(None, "Training epochs for the demo CNN. [default: 8 digits, 4 fashion-mnist]", ge=1)
-    seed: int = setting(0, "Random seed.")
-    device: str = setting("auto", "auto, cpu, cuda or mps.")
-    progress: bool = setting(True, "Show progress bars on a terminal.")
-
-    @model_validator(mode="after")
-    def _root(self) -> DemoSettings:
-        if self.data_root is not None and self.dataset != "fashion-mnist":
-            raise ValueError("--data-root applies to --dataset fashion-mnist only")
-        return self
 
 
 def run_named_demo(s: DemoSettings) -> list[str]:

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from auditkit import api
-from auditkit.audit import make_engine, raise_for_failures
 from auditkit.config import AuditConfig
 from auditkit.exceptions import ConfigError
 from auditkit.inputs.data import idx_splits, load_dataset
 from auditkit.inputs.models import AuditModel, ModelSpec, build_architecture, save_model
 from auditkit.io import atomic_write_text
+from auditkit.pipeline import make_engine, raise_for_failures
 from auditkit.results import RunResults
 from auditkit.training.train import EpochLog, TrainConfig, fit
 

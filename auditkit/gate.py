@@ -25,11 +25,9 @@ from pathlib import Path
 from typing import Literal
 from xml.etree import ElementTree as ET
 
-from scipy.stats import binomtest
-
 from auditkit.exceptions import ConfigError, DataError, OutputWriteError
 from auditkit.io import atomic_write_text, read_toml
-from auditkit.results import CheckResult, Metric, RunResults
+from auditkit.results import CheckResult, Conditions, Finding, Metric, RunResults
 
 Status = Literal["pass", "fail", "inconclusive", "error"]
 OPS = (">=", "<=")
@@ -90,6 +88,13 @@ class GateResult(CheckResult):
         failed = sum(v.status in ("fail", "error") for v in self.verdicts)
         verdict = "PASSED" if self.passed else "FAILED"
         return f"{verdict}: {len(self.verdicts) - failed} of {len(self.verdicts)} rules hold"
+
+    def findings(self, conditions: Conditions) -> tuple[Finding, ...]:
+        bad = [v for v in self.verdicts if v.status in ("fail", "error")]
+        if not bad:
+            held = len(self.verdicts)
+            return (Finding("pass", f"The CI gate passed: all {held} rule(s) of the policy hold.", "PASSED"),)
+        return tuple(Finding("fail", f"Gate rule failed: {v.message}", f"{v.observed:.4g}", v.rule) for v in bad)
 
     def metric_records(self) -> tuple[Metric, ...]:
         failed = float(sum(v.status in ("fail", "error") for v in self.verdicts))
@@ -253,6 +258,8 @@ def _compare(
 ) -> Verdict:
     """A regression is a drop beyond the tolerance; when both runs stored this metric's per-sample
     outcomes on the same samples, it must also be significant by an exact one-sided McNemar test."""
+    from scipy.stats import binomtest
+
     text = f"{new:.4g} now vs {old:.4g} in the baseline ({new - old:+.4g})"
     if lower:  # lower is better: a regression is a rise beyond the tolerance (never paired)
         return Verdict(name, "fail" if new > old + policy.tolerance else "pass", new, text)
@@ -284,12 +291,15 @@ def check_comparable(results: RunResults, baseline: RunResults) -> None:
 def check_settings_comparable(config: tuple[tuple[str, str], ...], baseline: RunResults) -> None:
     """Refuse a baseline made with another value of any comparable setting (naming the first); an
     audit calls this before its first batch, with its own ``config.as_pairs()``."""
-    from auditkit.config import comparable_keys, default_reprs
+    from auditkit.config import checks_run, comparable_keys, default_reprs
 
-    # a key one run does not record (an older auditkit) counts as its default value
+    # a key one run does not record (an older auditkit) counts as its default value; the settings of a
+    # check only one of the runs ran cannot change a metric both have
     defaults = default_reprs()
     mine, theirs = defaults | dict(config), defaults | dict(baseline.manifest.config)
-    differ = [k for k in comparable_keys() if k != "data" and mine.get(k) != theirs.get(k)]
+    ran = [r for r in (checks_run(config), checks_run(baseline.manifest.config)) if r is not None]
+    both = frozenset.intersection(*ran) if ran else None
+    differ = [k for k in comparable_keys(both) if k != "data" and mine.get(k) != theirs.get(k)]
     if differ:
         k = differ[0]
         raise DataError(
@@ -341,6 +351,10 @@ def markdown_summary(gate: GateResult, results: RunResults) -> str:
     for v in gate.verdicts:
         observed = "–" if math.isnan(v.observed) else f"{v.observed:.4g}"
         lines.append(f"| {icon[v.status]} | `{_md(v.rule)}` | {observed} | {_md(v.message)} |")
+    top = [f for f in results.findings() if f.severity in ("fail", "warn") and f.check != "gate"][:5]
+    if top:
+        lines += ["", "Top findings (auditkit's default conditions, docs/findings.md):", ""]
+        lines += [f"- {'❌' if f.severity == 'fail' else '⚠️'} {_md(f.text)}" for f in top]
     text = "\n".join(lines) + "\n"
     return text.encode("utf-8")[: 1 << 20].decode("utf-8", errors="ignore")
 
@@ -361,3 +375,40 @@ def write_ci_outputs(gate: GateResult, results: RunResults, *, junit: Path | Non
                 fh.write(markdown_summary(gate, results))
         except OSError as exc:
             raise OutputWriteError(f"cannot write summary {summary}: {exc.strerror or exc}") from exc
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What to gate a run with: a policy, an optional baseline run, and where CI outputs go."""
+
+    policy: Path | None = None
+    baseline: Path | None = None
+    junit: Path | None = None
+    summary: Path | None = None
+
+    def load(self) -> tuple[Policy, RunResults | None] | None:
+        """The policy and baseline, read before any work so a bad one fails fast."""
+        if self.policy is None:
+            if self.baseline is not None:
+                raise ConfigError("--baseline needs --policy (its [baseline] table lists the metrics to compare)")
+            if self.junit is not None or self.summary is not None:
+                raise ConfigError("--junit and --summary write the gate's verdicts; they need --policy")
+            return None
+        return load_policy(self.policy), RunResults.read(self.baseline) if self.baseline is not None else None
+
+
+def regate(results: Path, gate: Gate, out: Path | None = None) -> GateResult:
+    """Gate a written results.json again (``auditkit gate``); with ``out``, also write the pair with
+    the verdicts there. The CI outputs are written in any case."""
+    from auditkit.io import write_outputs
+
+    inputs = gate.load()
+    if inputs is None:
+        raise ConfigError("--policy is required to gate a results.json")
+    loaded = RunResults.read(results)
+    verdict = evaluate(loaded, *inputs)
+    updated = with_gate(loaded, verdict)
+    if out is not None:
+        write_outputs(updated, out)
+    write_ci_outputs(verdict, updated, junit=gate.junit, summary=gate.summary)
+    return verdict

@@ -8,9 +8,12 @@ import tempfile
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auditkit.exceptions import ConfigError, OutputWriteError
+
+if TYPE_CHECKING:
+    from auditkit.results import RunResults
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -75,3 +78,17 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what} {path} is not UTF-8 text; save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from exc
+
+
+def write_outputs(results: RunResults, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``index.html`` into ``out_dir`` as a pair: both are rendered and
+    written to temporary files first, then renamed into place, so a failure (a full disk) leaves
+    the old pair untouched. Both carry the same run id."""
+    from auditkit.report.html import render_report
+
+    out = Path(out_dir)
+    html = render_report(results)
+    json_path, html_path = atomic_write_files(
+        [(out / "results.json", results.to_json().encode()), (out / "index.html", html.encode())]
+    )
+    return json_path, html_path

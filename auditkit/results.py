@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from auditkit.exceptions import DataError
 from auditkit.io import atomic_write_text
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 T = TypeVar("T")
 
@@ -60,6 +60,58 @@ class Metric:
         return cls(name, interval.value, direction, unit, interval)
 
 
+Severity = Literal["fail", "warn", "pass", "info"]
+SEVERITIES: tuple[Severity, ...] = ("fail", "warn", "pass", "info")
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """The default conditions that turn numbers into findings when no policy says otherwise
+    (docs/findings.md). Drops and gaps are fractions: ``0.05`` is 5 points."""
+
+    warn_drop: float = 0.05
+    fail_drop: float = 0.20
+    warn_gap: float = 0.05
+    fail_gap: float = 0.10
+
+    def drop(self, drop: float) -> Severity:
+        """The severity of an accuracy drop (clean minus perturbed)."""
+        return "fail" if drop >= self.fail_drop else "warn" if drop >= self.warn_drop else "pass"
+
+    def gap(self, gap: float, significant: bool) -> Severity:
+        """The severity of a gap between groups: only a significant gap can fail, and a significant
+        one always warns."""
+        if significant:
+            return "fail" if gap >= self.fail_gap else "warn"
+        return "warn" if gap >= self.warn_gap else "pass"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing a check found, in plain words: its severity, one sentence, the number behind it,
+    the metric that number is (for a tooltip or details column) and the check it came from."""
+
+    severity: Severity
+    text: str
+    value: str
+    metric: str = ""
+    check: str = ""
+    anchor: str = ""
+
+
+def points(fraction: float) -> str:
+    """A gap or drop in percentage points: ``0.047`` -> ``4.7 pt``."""
+    return "n/a" if math.isnan(fraction) else f"{100 * fraction:.1f} pt"
+
+
+def eps_label(eps: float, norm: str = "linf") -> str:
+    """An epsilon as people read it: ``8/255`` when an Linf epsilon is a whole number of 255ths."""
+    k = eps * 255
+    if norm == "linf" and eps > 0 and abs(k - round(k)) < 1e-6 * max(1.0, k):
+        return f"{round(k)}/255"
+    return f"{eps:.4g}"
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """Base of every check's result. A result presents itself: ``title`` and :meth:`headline` for
@@ -89,6 +141,10 @@ class CheckResult:
     def metric_records(self) -> tuple[Metric, ...]:
         """The typed, gateable metrics."""
         raise NotImplementedError
+
+    def findings(self, conditions: Conditions) -> tuple[Finding, ...]:
+        """What the check found, judged by ``conditions``; by default its headline, as information."""
+        return (Finding("info", self.headline(), ""),)
 
     def metrics(self) -> dict[str, float]:
         """The flat map results.json stores: each value, and ``.ci_low``/``.ci_high`` of intervals."""
@@ -182,6 +238,17 @@ class RunResults:
         written with it, so a reader can tell that the two files belong together."""
         return self.recorded_run_id or hashlib.sha256(self._document().encode()).hexdigest()[:16]
 
+    def findings(self, conditions: Conditions | None = None) -> tuple[Finding, ...]:
+        """Every check's findings, most severe first (then in report order), each naming its check
+        and its report section."""
+        cond = conditions or Conditions()
+        found = [
+            dataclasses.replace(f, check=c.kind, anchor=c.anchor)
+            for c in sorted(self.checks, key=lambda c: c.order)
+            for f in c.findings(cond)
+        ]
+        return tuple(sorted(found, key=lambda f: SEVERITIES.index(f.severity)))
+
     def check(self, cls: type[T]) -> T | None:
         """The first result of type ``cls``, or ``None`` when that check did not run."""
         for result in self.checks:
@@ -196,6 +263,7 @@ class RunResults:
             "metrics": {k: _encode(v) for k, v in sorted(self.metrics.items())},
             "checks": [{"kind": c.kind, "result": _encode(c)} for c in self.checks],
             "samples": _encode(self.samples) if self.samples is not None else None,
+            "findings": [_encode(f) for f in self.findings()],
         }
 
     def _document(self) -> str:
@@ -242,6 +310,37 @@ class RunResults:
 
     def write(self, path: str | Path) -> Path:
         return atomic_write_text(path, self.to_json())
+
+    def save(self, out_dir: str | Path) -> tuple[Path, Path]:
+        """Write ``results.json`` and ``index.html`` into ``out_dir`` as one atomic pair, as the CLI does."""
+        from auditkit.io import write_outputs
+
+        return write_outputs(self, out_dir)
+
+    def report(self, path: str | Path) -> Path:
+        """Write only the HTML report to ``path`` (into an existing folder: ``index.html`` there)."""
+        from auditkit.report.html import write_report
+
+        target = Path(path)
+        return write_report(self, target / "index.html" if target.is_dir() else target)
+
+    def to_frame(self) -> Any:
+        """The metrics as a pandas DataFrame indexed by metric name (needs pandas): the check that
+        reported each, its value, which direction is better, its unit and interval, when it has one."""
+        try:
+            import pandas as pd
+        except ImportError:
+            from auditkit.exceptions import ConfigError
+
+            raise ConfigError("pandas is needed for to_frame(); pip install pandas") from None
+        columns = ["metric", "check", "value", "direction", "unit", "ci_low", "ci_high", "n"]
+        rows = [
+            (m.name, check.kind, m.value, m.direction, m.unit)
+            + ((m.interval.low, m.interval.high, m.interval.n) if m.interval is not None else (math.nan, math.nan, 0))
+            for check in self.checks
+            for m in check.metric_records()
+        ]
+        return pd.DataFrame(rows, columns=columns).set_index("metric")
 
     @classmethod
     def read(cls, path: str | Path) -> RunResults:
@@ -307,11 +406,17 @@ def _encode(obj: Any) -> Any:
     return obj
 
 
+@functools.cache
+def _type_hints(tp: type) -> dict[str, Any]:
+    """The resolved field types of a result dataclass (resolved once per class: decoding is hot)."""
+    return typing.get_type_hints(tp)
+
+
 def _decode(tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        hints = typing.get_type_hints(tp)
+        hints = _type_hints(tp)
         kwargs = {
             f.name: _decode(hints[f.name], value[f.name]) for f in dataclasses.fields(tp) if f.init and f.name in value
         }

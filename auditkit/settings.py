@@ -14,11 +14,13 @@ import typing
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from auditkit.exceptions import ConfigError
 
+#: the ``--help`` panel of where results go and how they are gated (``--out``, ``--policy``, ...)
+OUTPUT_PANEL = "Output and gate"
 # settings that change how a run is carried out, never what it finds: kept out of results.json
 RUN_CONTROL = "run_control"
 
@@ -31,14 +33,25 @@ def setting(
     run_control: bool = False,
     flag: str | None = None,
     multiple: bool = False,
+    panel: str | None = None,
+    advanced: bool = False,
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
 ) -> Any:
     """Declare one setting: ``help`` becomes its ``--help`` text; ``comparable`` settings must agree
     between a run and its baseline; ``run_control`` settings are left out of results.json; ``flag``
-    renames the CLI option; ``multiple`` makes it a repeatable option."""
-    extra = {"comparable": comparable and not run_control, RUN_CONTROL: run_control, "flag": flag, "multiple": multiple}
+    renames the CLI option; ``multiple`` makes it a repeatable option; ``panel`` is the ``--help`` panel
+    it is listed in (default: its settings class's :attr:`Settings.panel`); ``advanced`` options are left out of
+    the single-check commands' ``--help`` (still accepted there; ``auditkit audit --help`` lists them)."""
+    extra = {
+        "comparable": comparable and not run_control,
+        RUN_CONTROL: run_control,
+        "flag": flag,
+        "multiple": multiple,
+        "panel": panel,
+        "advanced": advanced,
+    }
     return Field(default, description=help, ge=ge, gt=gt, le=le, json_schema_extra=extra)  # type: ignore[arg-type]
 
 
@@ -53,6 +66,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
     #: the ``auditkit.toml`` section (``[rotation]``); empty for the shared top-level settings
     section: ClassVar[str] = ""
+    #: the ``--help`` panel its options are listed in; empty: the section's name (``Rotation``)
+    panel: ClassVar[str] = ""
 
     @classmethod
     def build(cls, values: dict[str, Any]) -> Self:
@@ -82,6 +97,16 @@ class Settings(BaseModel):
         return _extra(cls.model_fields[name]).get("flag") or "--" + name.replace("_", "-")
 
     @classmethod
+    def panel_of(cls, name: str) -> str:
+        """The ``--help`` panel of field ``name``: its own ``panel``, else the class's, else the section's."""
+        own = _extra(cls.model_fields[name]).get("panel")
+        return str(own or cls.panel or cls.section.replace("_", " ").capitalize() or "Options")
+
+    @classmethod
+    def is_advanced(cls, name: str) -> bool:
+        return bool(_extra(cls.model_fields[name]).get("advanced"))
+
+    @classmethod
     def is_multiple(cls, name: str) -> bool:
         return bool(_extra(cls.model_fields[name]).get("multiple"))
 
@@ -109,56 +134,41 @@ def parse_list(value: Any, item: type, name: str) -> Any:
 class InputSettings(Settings):
     """What is audited: the model, the data, and how images reach the model."""
 
-    model: str | None = setting(
-        None,
-        "Model file or folder (safetensors, state_dict .pt, TorchScript, .pt2, pickled module).",
-        comparable=False,
-    )
-    data: str | None = setting(
-        None,
-        "Dataset: image folder, MNIST-style IDX folder, CSV manifest (path,label,...), .npz, "
-        "torchvision:<Dataset>:<root> or 'digits'.",
-    )
+    panel: ClassVar[str] = "Model"
+
+    model: str | None = setting(None, "Model file or folder (safetensors, .pt, TorchScript, .pt2).", comparable=False)
+    data: str | None = setting(None, "Image or IDX folder, CSV, .npz, torchvision:<Name>:<root>, digits.", panel="Data")
     arch: str | None = setting(
-        None,
-        "Architecture for weights-only files: torchvision:<name>, timm:<name>, auditkit.zoo:<name> or "
-        "package.module:factory.",
-        comparable=False,
+        None, "Architecture: torchvision:<name>, timm:<name> or module:factory.", comparable=False
     )
-    num_classes: int | None = setting(None, "Number of outputs to build the architecture with.", ge=1)
+    num_classes: int | None = setting(None, "Number of outputs to build --arch with.", ge=1)
     input_size: tuple[int, int] | None = setting(None, "Model input size H W; images are resized to it.")
     channels: Literal[1, 3] | None = setting(None, "Input channels the model expects (1 or 3).")
-    mean: tuple[float, ...] | None = setting(
-        None, "Normalisation mean per channel, comma-separated, in [0,1] pixel units (e.g. 0.485,0.456,0.406)."
-    )
+    mean: tuple[float, ...] | None = setting(None, "Normalisation mean per channel in [0,1] units, e.g. 0.5,0.5,0.5.")
     std: tuple[float, ...] | None = setting(None, "Normalisation std per channel, comma-separated.")
-    class_names: str | None = setting(
-        None,
-        "The model's classes in output order: a comma list or a file with one name per line. [default: model.json, "
-        "the --weights categories, ImageFolder's sorted folders, or integer labels as indices]",
-    )
-    output: str | None = setting(
-        None, "Which of the model's outputs are the logits, when it returns a tuple/list (an index) or a dict (a key)."
-    )
-    weights: str | None = setting(
-        None,
-        "torchvision:<WeightsEnum>.<NAME> (e.g. ResNet18_Weights.IMAGENET1K_V1): take the architecture, classes, "
-        "mean/std and eval transform from torchvision's enum; nothing is downloaded, MODEL is still your file.",
-    )
-    resize: int | None = setting(None, "Resize the shorter side to this many pixels, then centre-crop to --crop.", ge=1)
+    class_names: str | None = setting(None, "Class names in output order: a comma list or a file (one per line).")
+    output: str | None = setting(None, "Which output holds the logits: a tuple index or a dict key.", advanced=True)
+    weights: str | None = setting(None, "torchvision:<Enum>.<NAME>: arch, classes and transform from it.")
+    resize: int | None = setting(None, "Resize the shorter side to N pixels, then centre-crop to --crop.", ge=1)
     crop: tuple[int, int] | None = setting(None, "Centre-crop H W (after --resize).")
     resize_interpolation: Literal["bilinear", "bicubic", "nearest"] | None = setting(
-        None, "Interpolation for resizing images: bilinear, bicubic or nearest. [default: bilinear]"
+        None, "Resize interpolation: bilinear, bicubic or nearest. [default: bilinear]", advanced=True
     )
-    antialias: bool | None = setting(None, "Antialias when downsizing images. [default: on]")
-    split: str | None = setting(None, "Split of an MNIST-style IDX folder or a torchvision dataset (train or test).")
+    antialias: bool | None = setting(None, "Antialias when downsizing images. [default: on]", advanced=True)
+    split: str | None = setting(None, "Split of an IDX folder or torchvision dataset (train, test).", panel="Data")
     trust_model: bool = setting(
-        False, "Allow TorchScript, .pt2 and pickled modules, which can run code when loaded.", comparable=False
+        False, "Allow TorchScript, .pt2 and pickles (they run code when loaded).", comparable=False
     )
-    limit: int | None = setting(None, "Use only the first N samples.", ge=1)
-    sample: int | None = setting(None, "Use a seeded random sample of N samples.", ge=1)
+    limit: int | None = setting(None, "Use only the first N samples.", ge=1, panel="Data")
+    sample: int | None = setting(None, "Use a seeded random sample of N samples.", ge=1, panel="Data")
     max_bad_fraction: float = setting(
-        0.05, "Fail (exit 3) when more than this share of image files is unreadable.", comparable=False, ge=0, le=1
+        0.05,
+        "Fail (exit 3) above this share of unreadable image files.",
+        comparable=False,
+        ge=0,
+        le=1,
+        panel="Data",
+        advanced=True,
     )
 
     @field_validator("mean", "std", mode="before")
@@ -213,37 +223,29 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 class EngineSettings(Settings):
     """How the work runs: device, batches, seeds, precision, scale."""
 
-    device: str = setting("auto", "auto, cpu, cuda (or cuda:N) or mps.", comparable=False)
-    batch_size: int = setting(256, "Batch size (halved automatically on CUDA out-of-memory).", comparable=False, ge=1)
+    panel: ClassVar[str] = "Run"
+
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.", comparable=False)
+    batch_size: int = setting(256, "Batch size (halved on CUDA out-of-memory).", comparable=False, ge=1)
     seed: int = setting(0, "Random seed (0 to 2**32 - 1).", comparable=False, ge=0, le=2**32 - 1)
     deterministic: bool = setting(False, "Use deterministic torch algorithms.", comparable=False)
     progress: bool = setting(True, "Show progress bars on a terminal.", run_control=True)
-    resume: bool = setting(
-        False,
-        "Continue an interrupted run in the same --out folder: finished batches are not recomputed. "
-        "Refused when the model, data or settings changed.",
-        run_control=True,
-    )
+    resume: bool = setting(False, "Continue an interrupted run in --out (refused if inputs changed).", run_control=True)
     distributed: bool = setting(
-        False,
-        "Require a torch.distributed launcher (torchrun sets it up; it is used automatically when present).",
-        run_control=True,
+        False, "Require a torchrun launch (one is used automatically anyway).", run_control=True, advanced=True
     )
     stream: Literal["auto", "on", "off"] = setting(
         "auto",
-        "Keep image files on disk and decode them batch by batch: auto (past 1 GiB of pixels), on, off.",
+        "Decode image files batch by batch: auto (past 1 GiB), on, off.",
         run_control=True,
+        panel="Data",
+        advanced=True,
     )
-    workers: int = setting(0, "DataLoader worker processes decoding streamed images.", run_control=True, ge=0)
-    amp: Literal["off", "bf16", "fp16"] = setting(
-        "off",
-        "Mixed precision for forward-only checks: off, bf16 or fp16 (CUDA). Attacks stay fp32 unless --amp-attack.",
+    workers: int = setting(
+        0, "Worker processes decoding streamed images.", run_control=True, ge=0, panel="Data", advanced=True
     )
-    amp_attack: bool = setting(
-        False,
-        "Also run gradient work (attacks, saliency) under --amp: faster on GPUs, but low-precision gradients can "
-        "weaken an attack; compare with an fp32 run before trusting it.",
-    )
+    amp: Literal["off", "bf16", "fp16"] = setting("off", "Mixed precision of forward passes: off, bf16, fp16.")
+    amp_attack: bool = setting(False, "Use --amp for gradients too: faster, but can weaken attacks.", advanced=True)
 
     @field_validator("device")
     @classmethod
@@ -257,9 +259,9 @@ class EngineSettings(Settings):
 class OutputSettings(Settings):
     """Where results go."""
 
-    out: str = setting(
-        "reports/latest", "Output folder for results.json and index.html.", run_control=True, flag="--out -o"
-    )
+    panel: ClassVar[str] = OUTPUT_PANEL
+
+    out: str = setting("reports/latest", "Folder for results.json and index.html.", run_control=True, flag="--out -o")
 
     @field_validator("out")
     @classmethod
@@ -270,6 +272,73 @@ class OutputSettings(Settings):
 
 
 SHARED: tuple[type[Settings], ...] = (InputSettings, EngineSettings, OutputSettings)
+
+
+# --- the commands that are not checks: their own options, here so the CLI builds them without torch ---
+
+
+class DemoSettings(Settings):
+    """What ``auditkit demo`` trains and audits (its own CLI options)."""
+
+    dataset: Literal["digits", "fashion-mnist"] = setting(
+        "digits",
+        "digits (scikit-learn's load_digits, embedded) or fashion-mnist (the real Fashion-MNIST from Debian's "
+        "dataset-fashion-mnist package, read from --data-root).",
+    )
+    out: str | None = setting(
+        None,
+        "Output folder. [default: reports/demo; reports/demo-fashion with --dataset fashion-mnist]",
+        flag="--out -o",
+    )
+    data_root: str | None = setting(
+        None,
+        "Folder with Fashion-MNIST's IDX files (--dataset fashion-mnist). [default: /usr/share/datasets/fashion-mnist]",
+    )
+    epochs: int | None = setting(None, "Training epochs for the demo CNN. [default: 8 digits, 4 fashion-mnist]", ge=1)
+    seed: int = setting(0, "Random seed.")
+    device: str = setting("auto", "auto, cpu, cuda or mps.")
+    progress: bool = setting(True, "Show progress bars on a terminal.")
+
+    @model_validator(mode="after")
+    def _root(self) -> DemoSettings:
+        if self.data_root is not None and self.dataset != "fashion-mnist":
+            raise ValueError("--data-root applies to --dataset fashion-mnist only")
+        return self
+
+
+class HardenSettings(Settings):
+    """How ``auditkit harden`` trains and evaluates (its own CLI options)."""
+
+    section: ClassVar[str] = "harden"
+
+    eval_data: str | None = setting(
+        None, "Data for the before/after audit. [default: a held-out split of DATA, written to OUT/eval.npz]"
+    )
+    method: Literal["pgd", "fgsm", "trades", "standard"] = setting(
+        "pgd", "pgd (Madry et al.), fgsm (fast FGSM, Wong et al.), trades, or standard."
+    )
+    eps: float = setting(8 / 255, "Training epsilon in [0,1] pixel units (Linf 8/255 = 0.0314).", ge=0)
+    train_norm: Literal["linf", "l2"] = setting("linf", "linf or l2.", flag="--norm")
+    attack_steps: int = setting(7, "PGD/TRADES steps during training.", ge=1)
+    trades_beta: float = setting(6.0, "TRADES robustness weight beta.", ge=0)
+    rotate: float = setting(
+        0.0, "Random rotations within +/- this many degrees (0 = off); combines with --method.", ge=0, le=180
+    )
+    epochs: int = setting(10, "Training epochs.", ge=1)
+    lr: float = setting(1e-3, "Peak learning rate of the one-cycle schedule (AdamW).", gt=0)
+    weight_decay: float = setting(1e-4, "AdamW weight decay.", ge=0)
+    train_batch_size: int = setting(64, "Training batch size.", ge=1)
+    fresh: bool = setting(
+        False, "Train from a fresh initialisation, not the given weights.", flag="--fresh/--fine-tune"
+    )
+    resume_training: bool = setting(
+        False, "Continue an interrupted run from OUT/checkpoint.pt (same settings).", flag="--resume"
+    )
+    val_fraction: float = setting(0.1, "Share of DATA held out for validation.", gt=0, le=0.5)
+    eval_fraction: float = setting(0.2, "Share of DATA held out to audit (no --eval-data).", gt=0, le=0.5)
+    eval_steps: int | None = setting(
+        None, "Steps of the evaluation attack. [default: fast max(20, 2 x --attack-steps); standard 100]", ge=1
+    )
 
 
 def describe_error(exc: Exception, where: str = "", known: tuple[str, ...] = ()) -> ConfigError:

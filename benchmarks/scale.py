@@ -76,8 +76,8 @@ def write_model(folder: Path, size: int, channels: int) -> Path:
 
 def child(model: str, data: str, out: str, stream: str, batch_size: int) -> None:
     """One audit in this process; prints a JSON line with its time and peak RSS."""
-    from auditkit.audit import run_audit, write_outputs
     from auditkit.config import AuditConfig
+    from auditkit.pipeline import run_audit, write_outputs
 
     torch.set_num_threads(torch.get_num_threads())
     config = AuditConfig(

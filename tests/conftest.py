@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from auditkit.inputs.models import ModelSpec
@@ -65,9 +66,15 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+#: torch threads for the tests: 2 by default; AUDITKIT_TEST_THREADS=1 on a machine shared with other jobs,
+#: where two threads per process wait on each other (measured: an attack check 8 s with 1, 126 s with 2)
+THREADS = int(os.environ.get("AUDITKIT_TEST_THREADS", min(2, os.cpu_count() or 1)))
+torch.set_num_threads(THREADS)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_threads() -> None:
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(THREADS)
 
 
 def scale_args(demo_run: Path, out: Path, *extra: str) -> list[str]:
@@ -134,3 +141,18 @@ def scale_reference(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return out / "results.json"
+
+
+class NaNAfter(nn.Module):
+    """A digits CNN whose logits turn NaN from the ``first_bad``-th call on (1: the clean pass)."""
+
+    def __init__(self, first_bad: int) -> None:
+        super().__init__()
+        self.inner = digits_cnn(width=4)
+        self.first_bad = first_bad
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        out = self.inner(x)
+        return out * float("nan") if self.calls >= self.first_bad else out

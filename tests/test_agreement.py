@@ -19,10 +19,10 @@ from PIL import Image
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
-from auditkit.audit import load_inputs, make_engine, run_audit
 from auditkit.cli import app
 from auditkit.config import resolve_config
 from auditkit.engine.loop import eval_mode
+from auditkit.pipeline import load_inputs, make_engine, run_audit
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditkit.audit import _chance_warning, read_class_names, run_audit
 from auditkit.config import resolve_config
 from auditkit.exceptions import ConfigError
 from auditkit.inputs.models import save_model
+from auditkit.pipeline import _chance_warning, read_class_names, run_audit
 from tests.conftest import DIGITS_SPEC
 
 

@@ -193,7 +193,7 @@ def test_report_with_baseline_shows_before_and_after(demo_run: Path, tmp_path: P
     html = (tmp_path / "cmp.html").read_text()
     assert "Compared with the baseline" in html
     row = html[html.index("<code>clean.accuracy</code>") :][:300]
-    assert "0.5" in row and "+0.459" in row
+    assert "50.0%" in row and "+45.9 pt" in row  # the baseline value and the change, in percent
 
 
 def test_each_command_lists_only_its_own_and_the_shared_options() -> None:
@@ -213,3 +213,75 @@ def test_each_command_lists_only_its_own_and_the_shared_options() -> None:
         assert not [f for f in others if f in text.split()], (command, others)
     code, text = invoke("audit", "--help")
     assert all(f in text for fs in own.values() for f in fs)
+
+
+def test_version() -> None:
+    code, out = invoke("--version")
+    assert code == 0 and out.strip() == "auditkit 0.1.0"
+
+
+def test_help_groups_options_in_panels_and_names_the_advanced_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    code, text = invoke("rotate", "--help")
+    assert code == 0
+    for panel in ("Model", "Data", "Run", "Output and gate", "Rotation"):
+        assert f"─ {panel} " in text, panel
+    panels, footer = text.rsplit("╰", 1)
+    assert "--stream" not in panels and "--stream" in footer and "--epsilons" not in text
+    code, text = invoke("audit", "--help")
+    assert all(f"─ {p} " in text for p in ("Attack", "Saliency", "Shortcut", "Subgroups")) and "│ --stream" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["rotate", "m.pt", "digits", "--epsilons", "0.1"], "No such option for rotate: --epsilons (an option of"),
+        (["subgroups", "m.pt", "digits", "--angles", "0,90"], "No such option for subgroups: --angles"),
+        (["gate"], "Missing argument 'RESULTS' (see auditkit gate --help)"),
+        (["rotate", "m.pt", "digits", "--input-size", "3"], "requires 2 arguments (see auditkit rotate --help)"),
+        (["rotate", "m.pt", "digits", "--limit", "many"], "Invalid value for '--limit'"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], needle: str) -> None:
+    result = runner.invoke(app, args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("auditkit: error:") and needle in lines[0], lines
+
+
+def test_advanced_options_are_accepted_by_a_check_command(tmp_path: Path) -> None:
+    code, out = invoke("rotate", "missing.pt", "digits", "--workers", "0", "--stream", "off", "--out", str(tmp_path))
+    assert code == 3 and "model file not found" in out  # parsed and validated; failed on the model only
+
+
+def test_config_sections_of_checks_not_run_are_validated_but_not_kept(tmp_path: Path) -> None:
+    from auditkit.config import resolve_config
+    from auditkit.exceptions import ConfigError
+
+    cfg_file = tmp_path / "auditkit.toml"
+    cfg_file.write_text('model = "m"\ndata = "digits"\n[rotation]\nangles = "0,90"\n[attack]\nepsilons = "0,0.5"\n')
+    cfg = resolve_config({"checks": ("clean", "rotation")}, cfg_file)
+    assert set(cfg.check_settings) == {"clean", "rotation"}
+    pairs = dict(cfg.as_pairs())
+    assert pairs["angles"] == "'0,90'" and "epsilons" not in pairs
+    assert "epsilons" in dict(resolve_config({}, cfg_file).as_pairs())  # audit runs every check: kept
+    cfg_file.write_text('model = "m"\ndata = "digits"\n[attack]\nepsilon = "0.1"\n')
+    with pytest.raises(ConfigError, match="unknown setting 'epsilon'"):
+        resolve_config({"checks": ("clean", "rotation")}, cfg_file)
+
+
+def test_baseline_compares_the_settings_of_the_checks_both_runs_ran(demo_run: Path) -> None:
+    import dataclasses
+
+    from auditkit.config import resolve_config
+    from auditkit.exceptions import DataError
+    from auditkit.gate import check_settings_comparable
+    from auditkit.results import RunResults
+
+    loaded = RunResults.read(demo_run / "results.json")
+    audit = resolve_config({"model": "m", "data": "digits", "epsilons": "0,0.5"}).as_pairs()
+    baseline = dataclasses.replace(loaded, manifest=dataclasses.replace(loaded.manifest, config=audit))
+    rotate = resolve_config({"model": "m", "data": "digits", "checks": ("clean", "rotation")}).as_pairs()
+    check_settings_comparable(rotate, baseline)  # attack did not run now: its settings cannot matter
+    with pytest.raises(DataError, match="different configuration \\(epsilons:"):
+        check_settings_comparable(resolve_config({"model": "m", "data": "digits"}).as_pairs(), baseline)

@@ -142,8 +142,8 @@ def test_batches_get_seeds_that_do_not_depend_on_what_ran_before(model: AuditMod
 
 
 def test_amp_bf16_on_cpu_keeps_the_clean_accuracy(demo_run: Path) -> None:
-    from auditkit.audit import run_audit
     from auditkit.config import AuditConfig
+    from auditkit.pipeline import run_audit
 
     base = {
         "model": str(demo_run / "model" / "model.safetensors"),

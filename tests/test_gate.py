@@ -130,6 +130,10 @@ def test_summary_escapes_workflow_commands(results: Path) -> None:
     text = markdown_summary(gate, loaded)
     assert "::error::" not in text and "%25" in text and "%0A" in text and "\\|" in text
     assert len(text.encode()) < 1 << 20
+    top = [f.text for f in loaded.findings() if f.severity in ("fail", "warn") and f.check != "gate"][:5]
+    from auditkit.gate import _md
+
+    assert top and all(_md(t) in text for t in top)
 
 
 def _audit_clean_only(model: Path, data: Path, out: Path, cfg_dir: Path, *extra: str) -> int:

@@ -101,8 +101,8 @@ def test_torchvision_weights_preset_matches_the_enum(tmp_path: Path) -> None:
     from PIL import Image
     from torchvision.models import ResNet18_Weights
 
-    from auditkit.audit import preprocess_for
     from auditkit.inputs.models import ModelSpec, apply_preset
+    from auditkit.pipeline import preprocess_for
 
     weights = ResNet18_Weights.IMAGENET1K_V1
     spec = apply_preset(ModelSpec(weights="torchvision:ResNet18_Weights.IMAGENET1K_V1")).spec

@@ -49,7 +49,7 @@ def test_the_pair_shares_a_run_id_and_a_mismatch_is_noticed(demo_run: Path, tmp_
     import dataclasses
     import shutil
 
-    from auditkit.audit import write_outputs
+    from auditkit.pipeline import write_outputs
     from auditkit.results import pair_notice
 
     results = RunResults.read(demo_run / "results.json")
@@ -65,3 +65,45 @@ def test_the_pair_shares_a_run_id_and_a_mismatch_is_noticed(demo_run: Path, tmp_
     shutil.copy(demo_run / "results.json", tmp_path / "results.json")  # the new report beside the old results
     notice = pair_notice(tmp_path / "results.json", results)
     assert notice is not None and other.run_id in notice and "auditkit report" in notice
+
+
+def test_findings_rank_by_severity_and_are_stored(demo_run: Path) -> None:
+    from auditkit.results import SEVERITIES
+
+    results = RunResults.read(demo_run / "results.json")
+    findings = results.findings()
+    ranks = [SEVERITIES.index(f.severity) for f in findings]
+    assert ranks == sorted(ranks) and findings
+    assert {f.check for f in findings} >= {"clean", "rotation", "attack", "gate"}
+    assert all(f.anchor and f.text.endswith((".", ")")) for f in findings)
+    stored = json.loads((demo_run / "results.json").read_text())["findings"]
+    assert [f["text"] for f in stored] == [f.text for f in findings]
+    # the rotation drop is judged against clean accuracy, in points
+    rotation = next(f for f in findings if f.metric.startswith("rotation.mean_accuracy"))
+    drop = results.metrics["clean.accuracy"] - results.metrics[rotation.metric]
+    assert rotation.value == f"{100 * drop:.1f} pt"
+    assert rotation.severity == ("fail" if drop >= 0.20 else "warn" if drop >= 0.05 else "pass")
+
+
+def test_conditions_decide_the_severities(demo_run: Path) -> None:
+    from auditkit.results import Conditions
+
+    results = RunResults.read(demo_run / "results.json")
+    lenient = Conditions(warn_drop=0.99, fail_drop=1.0, warn_gap=0.99, fail_gap=1.0)
+    strict = Conditions(warn_drop=0.0, fail_drop=0.0, warn_gap=0.0, fail_gap=0.0)
+    by_metric = {f.metric: f.severity for f in results.findings(lenient)}
+    assert by_metric[next(m for m in by_metric if m.startswith("rotation.mean_accuracy"))] == "pass"
+    strict_sev = {f.metric: f.severity for f in results.findings(strict)}
+    assert strict_sev[next(m for m in strict_sev if m.startswith("rotation.mean_accuracy"))] == "fail"
+    assert Conditions().gap(0.047, significant=True) == "warn"
+    assert Conditions().gap(0.2, significant=False) == "warn"
+    assert Conditions().gap(0.2, significant=True) == "fail"
+    assert Conditions().gap(0.01, significant=False) == "pass"
+
+
+def test_units_people_read() -> None:
+    from auditkit.results import eps_label, points
+
+    assert eps_label(8 / 255) == "8/255" and eps_label(1 / 255) == "1/255"
+    assert eps_label(0.01) == "0.01" and eps_label(8 / 255, "l2") == "0.03137"
+    assert points(0.047) == "4.7 pt" and points(float("nan")) == "n/a"

@@ -6,7 +6,12 @@ The attack at each epsilon is set by ``--strength``:
   robust accuracy is a loose upper bound.
 - ``standard`` (the default): APGD-CE, then targeted APGD-DLR on the survivors
   (:mod:`auditkit.ops.apgd`; Croce & Hein 2020), AutoAttack's standard gradient attacks.
-- ``thorough``: ``standard`` with 5 restarts of APGD-CE.
+- ``thorough``: ``standard`` with 5 restarts of APGD-CE, then the gradient-free Square attack (5,000
+  queries; Andriushchenko et al. 2020, :mod:`auditkit.ops.square`) on the images still standing. It also
+  runs, alone, on a model that gives gradient attacks no gradient signal.
+
+``--loss ce|dlr|margin`` and ``--target next|random|least-likely|top-k`` replace the strength's attacks
+by one custom APGD run (strength ``custom``).
 
 Every attack runs through :meth:`Engine.map` with gradients on. Along the curve a sample broken at
 a smaller epsilon stays broken (its perturbation is inside every larger ball) and is not attacked
@@ -19,28 +24,39 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import field_validator, model_validator
-from torch import Tensor, nn
-from torch.nn import functional as F
 
 from auditkit.checks.base import Check
 from auditkit.engine.loop import Batch, Engine, Outcome
 from auditkit.exceptions import ConfigError
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
-from auditkit.ops.apgd import APGD, Loss, standard_attack
-from auditkit.ops.attacks import NORMS, PGD, Norm
+from auditkit.ops.apgd import APGD, LOSSES, Loss, standard_attack
+from auditkit.ops.attacks import NORMS, PGD, Norm, Progress, part
 from auditkit.ops.metrics import wilson_interval
-from auditkit.results import CheckResult, Interval, Metric, fmt, pct
+from auditkit.ops.square import Square
+from auditkit.results import CheckResult, Conditions, Finding, Interval, Metric, eps_label, fmt, pct, points
 from auditkit.settings import Settings, join_list, setting
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+    from torch.nn import functional as F
+else:
+    from auditkit._lazy import lazy
+
+    torch = lazy("torch")
+    F = lazy("torch.nn.functional")
 
 Strength = Literal["fast", "standard", "thorough"]
 STRENGTHS: tuple[str, ...] = ("fast", "standard", "thorough")
+Target = Literal["next", "random", "least-likely", "top-k"]
+TARGETS: tuple[str, ...] = ("next", "random", "least-likely", "top-k")
 DEFAULT_STEPS = {"fast": 20, "standard": 100, "thorough": 100}
 THOROUGH_RESTARTS = 5
+SQUARE_QUERIES = 5000  # AutoAttack's standard budget
 #: the convergence check re-attacks where robust accuracy lies in this range
 CONVERGENCE_RANGE = (0.05, 0.95)
 #: ... and fails when the 95% lower bound of the share it breaks on top is above this
@@ -140,6 +156,76 @@ class AttackResult(CheckResult):
         loose = "; fast strength: a loose upper bound (use --strength standard)" if self.strength == "fast" else ""
         return f"{pct(last.robust.value)} robust accuracy under {self.attack} at eps {last.eps:.4g}; {sound}{loose}"
 
+    def findings(self, conditions: Conditions) -> tuple[Finding, ...]:
+        bad = [s.name for s in self.soundness if not s.passed]
+        norm = "Linf" if self.norm == "linf" else "L2"
+        out = []
+        if self.curve and "gradient_signal" in bad:  # thorough: Square alone drew the curve
+            bad = [b for b in bad if b not in ("gradient_signal", "nonzero_gradients")]
+            out.append(
+                Finding(
+                    "warn",
+                    "The model gives gradient attacks no gradient signal, so the curve comes from the gradient-free "
+                    "Square attack alone: an upper bound that no gradient attack could check.",
+                    "Square only",
+                    "attack.soundness[check=gradient_signal]",
+                )
+            )
+        if not self.curve:
+            return (
+                Finding(
+                    "fail",
+                    "Gradient attacks cannot evaluate this model (no gradient signal), so no robust accuracy is "
+                    "reported.",
+                    "no curve",
+                    "attack.soundness[check=gradient_signal]",
+                ),
+            )
+        if bad:
+            out.append(
+                Finding(
+                    "fail",
+                    f"The robust-accuracy figures may be wrong: {len(bad)} soundness check(s) failed "
+                    f"({', '.join(bad)}).",
+                    str(len(bad)),
+                    "attack.soundness_warnings",
+                )
+            )
+        attacked = [p for p in self.curve if p.eps > 0]
+        clean = self.clean_accuracy
+        if attacked:
+            small, large = attacked[0], attacked[-1]
+            drop = clean - small.robust.value
+            out.append(
+                Finding(
+                    conditions.drop(drop),
+                    f"A barely visible perturbation ({norm} eps {eps_label(small.eps, self.norm)}) already drops "
+                    f"accuracy from {pct(clean)} to {pct(small.robust.value)} ({points(drop)}).",
+                    points(drop),
+                    f"attack.robust_accuracy[norm={self.norm},eps={fmt(small.eps)}]",
+                )
+            )
+            if large is not small:
+                out.append(
+                    Finding(
+                        "info",
+                        f"At {norm} eps {eps_label(large.eps, self.norm)}, {pct(large.robust.value)} of images "
+                        f"survive {self.attack}.",
+                        pct(large.robust.value),
+                        f"attack.robust_accuracy[norm={self.norm},eps={fmt(large.eps)}]",
+                    )
+                )
+        if self.strength == "fast":
+            out.append(
+                Finding(
+                    "warn",
+                    "These robust accuracies come from the fast attack (PGD-20): a loose upper bound; "
+                    "use --strength standard for figures to rely on.",
+                    "fast",
+                )
+            )
+        return tuple(out)
+
     def report_context(self) -> dict[str, Any]:
         from auditkit.report import plots
 
@@ -158,33 +244,31 @@ class AttackSettings(Settings):
 
     section: ClassVar[str] = "attack"
 
-    attack: str = setting(
-        "pgd", "pgd (the gradient attacks of --strength), fgsm or foolbox:<AttackName> (e.g. foolbox:L2DeepFoolAttack)."
-    )
+    attack: str = setting("pgd", "pgd (the attacks of --strength), fgsm or foolbox:<Name> (e.g. foolbox:LinfPGD).")
     attack_args: str | None = setting(
-        None,
-        "foolbox only: the attack's constructor arguments, key=value,... (e.g. steps=100,binary_search_steps=5).",
+        None, "foolbox only: constructor arguments, key=value,... (e.g. steps=100).", advanced=True
     )
     strength: Strength = setting(
         "standard",
-        "fast: PGD-20 (a loose upper bound, for smoke runs); standard: APGD-CE then targeted APGD-DLR "
-        "(AutoAttack's gradient attacks); thorough: standard with 5 restarts.",
+        "fast: PGD-20, a loose bound; standard: APGD-CE + APGD-T (AutoAttack's gradient attacks); "
+        "thorough: standard, 5 restarts, then Square.",
     )
     norm: Norm = setting("linf", "linf or l2.")
-    epsilons: str | None = setting(
-        None, "Epsilons in [0,1] pixel units: a list or start:stop:step. [default: linf 0,1/255..16/255]"
-    )
-    steps: int | None = setting(None, "Attack steps. [default: fast 20, standard/thorough 100]", ge=1)
+    epsilons: str | None = setting(None, "In [0,1] pixel units: a list or start:stop:step. [default: 0,1/255..16/255]")
+    steps: int | None = setting(None, "Attack steps. [default: fast 20, else 100]", ge=1)
     rel_step: float | None = setting(
-        None, "fast only: PGD step size as a multiple of epsilon. [default: 2.5/steps]", gt=0
+        None, "fast only: PGD step size as a multiple of epsilon. [default: 2.5/steps]", gt=0, advanced=True
     )
-    restarts: int | None = setting(
-        None, "Random restarts; the per-sample worst case is kept. [default: 1, thorough 5]", ge=1
-    )
-    random_start: bool = setting(True, "fast only: start PGD at a random point in the ball.")
+    restarts: int | None = setting(None, "Random restarts. [default: 1, thorough 5]", ge=1)
+    random_start: bool = setting(True, "fast only: start PGD at a random point in the ball.", advanced=True)
     targeted: bool = setting(
-        False, "fast only: targeted PGD (each image towards the next class).", flag="--targeted/--untargeted"
+        False,
+        "fast only: targeted PGD (each image towards the next class).",
+        flag="--targeted/--untargeted",
+        advanced=True,
     )
+    loss: Loss | None = setting(None, "Custom run: one APGD on ce, dlr or margin instead of the strength's attacks.")
+    target: Target | None = setting(None, "Custom targeted APGD: next, random, least-likely or top-k (9) classes.")
 
     _lists = field_validator("epsilons", mode="before")(join_list)
 
@@ -198,6 +282,14 @@ class AttackSettings(Settings):
     @model_validator(mode="after")
     def _epsilons(self) -> AttackSettings:
         parse_epsilons(self.epsilons, self.norm)
+        custom = [f"--{k}" for k in ("loss", "target") if getattr(self, k) is not None]
+        if custom and self.attack != "pgd":
+            raise ValueError(f"{' and '.join(custom)} set a custom APGD run; drop them or --attack {self.attack}")
+        if custom and self.strength != "standard":
+            raise ValueError(
+                f"{' and '.join(custom)} replace the attacks of --strength {self.strength} by one custom APGD run; "
+                "drop --strength or them"
+            )
         if self.strength != "fast" and self.attack == "pgd":
             fast_only = [f"--{k.replace('_', '-')}" for k in ("rel_step",) if getattr(self, k) is not None]
             fast_only += ["--targeted"] if self.targeted else []
@@ -237,6 +329,8 @@ class AdversarialAttack(Check):
             restarts=s.restarts,
             random_start=s.random_start,
             targeted=s.targeted,
+            loss=s.loss,
+            target=s.target,
         )
 
     def __init__(
@@ -252,8 +346,11 @@ class AdversarialAttack(Check):
         restarts: int | None = None,
         random_start: bool = True,
         targeted: bool = False,
+        loss: Loss | None = None,
+        target: Target | None = None,
         sanity_samples: int = 100,
         examples: int = 6,
+        square_queries: int = SQUARE_QUERIES,
     ) -> None:
         if norm not in NORMS:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
@@ -261,8 +358,21 @@ class AdversarialAttack(Check):
             raise ConfigError(f"attack must be pgd, fgsm or foolbox:<AttackName>, got {attack!r}")
         if strength not in STRENGTHS:
             raise ConfigError(f"strength must be one of {', '.join(STRENGTHS)}, got {strength!r}")
+        if loss is not None and loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if target is not None and target not in TARGETS:
+            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         self.attack = attack
-        self.strength: str = strength if attack == "pgd" else "custom"
+        self.custom: APGD | None = None
+        self.target = target
+        if loss is not None or target is not None:
+            if attack != "pgd" or strength != "standard":
+                raise ConfigError("loss and target set a custom APGD run: use them with attack pgd, strength standard")
+            chosen: Loss = loss if loss is not None else ("dlr" if target == "top-k" else "ce")
+            self.custom = APGD(
+                norm=norm, loss=chosen, steps=steps or 100, restarts=restarts or 1, targeted=target is not None
+            )
+        self.strength: str = strength if attack == "pgd" and self.custom is None else "custom"
         self.norm = norm
         self.epsilons = epsilons if epsilons is not None else DEFAULT_EPSILONS[norm]
         self.steps = steps or DEFAULT_STEPS[strength]
@@ -279,6 +389,8 @@ class AdversarialAttack(Check):
                 targeted=targeted,
             )
         )
+        self.square_only = False  # set per run: thorough on a model without gradient signal
+        self.square = Square(norm=norm, queries=square_queries)
         self.sanity_samples = sanity_samples
         self.examples = examples
         self.foolbox_kwargs: dict[str, Any] = {}
@@ -289,7 +401,7 @@ class AdversarialAttack(Check):
 
     @property
     def uses_apgd(self) -> bool:
-        return self.strength in ("standard", "thorough")
+        return self.strength in ("standard", "thorough") or self.custom is not None
 
     def attack_name(self, num_classes: int) -> str:
         """What runs at each epsilon, e.g. ``APGD-CE + APGD-T Linf (100 steps, 9 targets)``."""
@@ -298,8 +410,19 @@ class AdversarialAttack(Check):
             return f"{self.attack}({args})" if args else self.attack
         if not self.uses_apgd:
             return self.pgd.name
+        if self.custom is not None:
+            aim = {"top-k": f"top {min(9, num_classes - 1)}", None: ""}.get(self.target, self.target)
+            extra = f", {self.restarts} restarts" if self.restarts > 1 else ""
+            return f"{self.custom.name.split(' (')[0]}{f' {aim}' if aim else ''} ({self.steps} steps{extra})"
         norm = "Linf" if self.norm == "linf" else "L2"
         extra = f", {self.restarts} restarts" if self.restarts > 1 else ""
+        if self.square_only:
+            return f"Square {norm} ({self.square.queries} queries; no gradient signal for APGD)"
+        if self.strength == "thorough":
+            extra += f"; Square, {self.square.queries} queries"
+            if num_classes < 4:
+                return f"APGD-CE + Square {norm} ({self.steps} steps{extra}; APGD-T needs 4 classes)"
+            return f"APGD-CE + APGD-T + Square {norm} ({self.steps} steps, {min(9, num_classes - 1)} targets{extra})"
         targets = min(9, num_classes - 1)
         if num_classes < 4:
             return f"APGD-CE {norm} ({self.steps} steps{extra}; APGD-T needs 4 classes)"
@@ -314,12 +437,21 @@ class AdversarialAttack(Check):
         target: Tensor,
         generator: torch.Generator,
         num_classes: int,
+        progress: Progress | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The configured attack on one batch ``x`` ``(B, C, H, W)``, labels ``y`` ``(B,)``: returns the
-        adversarial images ``(B, C, H, W)`` and ``(B,)`` success (``target`` ``(B,)`` is for targeted PGD)."""
+        adversarial images ``(B, C, H, W)`` and ``(B,)`` success (``target`` ``(B,)`` is for targeted PGD).
+        ``progress`` (e.g. ``Batch.report``) is told the share of the work done."""
         if not self.uses_apgd:
             return self.pgd(model, x, y, eps, target=target, generator=generator)
-        return standard_attack(
+        if self.custom is not None:
+            goal = self._custom_target(model, x, y, generator, num_classes)
+            return self.custom(model, x, y, eps, generator=generator, target=goal, progress=progress)
+        square = self.square
+        if self.square_only:
+            return square(model, x, y, eps, generator=generator, progress=progress)
+        gradient_share = 0.5 if self.strength == "thorough" else 1.0
+        best, success = standard_attack(
             model,
             x,
             y,
@@ -329,12 +461,36 @@ class AdversarialAttack(Check):
             steps=self.steps,
             restarts=self.restarts,
             num_classes=num_classes,
+            progress=part(progress, 0.0, gradient_share),
         )
+        idx = torch.nonzero(~success).flatten()
+        if self.strength == "thorough" and len(idx) and eps > 0:
+            later = part(progress, gradient_share, 1 - gradient_share)
+            adv, hit = square(model, x[idx], y[idx], eps, generator=generator, progress=later)
+            best[idx[hit]] = adv[hit]
+            success[idx[hit]] = True
+        return best, success
+
+    def _custom_target(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, num_classes: int
+    ) -> Tensor | None:
+        """One target class per image of ``x`` ``(B, C, H, W)`` for ``--target`` next, random (seeded, never
+        the label) or least-likely; ``None`` for top-k (APGD attacks each of the top classes) or untargeted."""
+        if self.target in (None, "top-k"):
+            return None
+        if self.target == "next":
+            return (y + 1) % num_classes
+        if self.target == "random":
+            shift = torch.randint(1, num_classes, (len(y),), generator=generator).to(y.device)
+            return (y + shift) % num_classes
+        with torch.no_grad():
+            return model(x).float().argmin(dim=1)
 
     def _second_opinion(self, num_classes: int) -> APGD:
-        """The convergence check's attack: APGD on another loss (DLR; CE below 3 classes), twice the
-        steps (at least 100) and 2 restarts."""
-        loss: Loss = "dlr" if num_classes >= 3 else "ce"
+        """The convergence check's attack: APGD on another loss (DLR, or CE after a custom DLR run;
+        CE below 3 classes), twice the steps (at least 100) and 2 restarts."""
+        first = self.custom.loss if self.custom is not None else "ce"
+        loss: Loss = "dlr" if num_classes >= 3 and first != "dlr" else "ce"
         return APGD(norm=self.norm, loss=loss, steps=max(2 * self.steps, 100), restarts=2)
 
     # ------------------------------------------------------------------ curve
@@ -346,7 +502,8 @@ class AdversarialAttack(Check):
         sanity = data.take(idx)
         probes = _concat(engine.map(lambda b: _probe(model, b), sanity, description="soundness probes", grad=True), 6)
         signal = _gradient_signal(probes[5])
-        if not signal.passed and not self.attack.startswith("foolbox:"):
+        self.square_only = not signal.passed and self.strength == "thorough"
+        if not signal.passed and not self.attack.startswith("foolbox:") and not self.square_only:
             return self._result(clean, data, (), (signal,), ())
         foolbox = self.attack.startswith("foolbox:")
         if foolbox:
@@ -354,7 +511,7 @@ class AdversarialAttack(Check):
         else:
             broken_at = self._native_curve(model, data, engine, clean.correct, target)
         attack_checks: list[Soundness] = []
-        if len(sanity) and max(self.epsilons) > 0:
+        if len(sanity) and max(self.epsilons) > 0 and not self.square_only:  # those checks need gradients
             attack_checks += self._attack_checks(model, sanity, engine, broken_at[idx], k)
             if not foolbox:
                 robust = [float((clean.correct & (broken_at > i)).float().mean()) for i in range(len(self.epsilons))]
@@ -397,7 +554,7 @@ class AdversarialAttack(Check):
             rel_step=2.0 if apgd else self.pgd.step_size(1.0),
             restarts=self.restarts if self.attack != "fgsm" else 1,
             random_start=True if apgd else self.pgd.random_start,
-            targeted=self.pgd.targeted and not apgd,
+            targeted=self.custom.targeted if self.custom is not None else self.pgd.targeted and not apgd,
             clean_accuracy=float(clean.correct.float().mean()),
             curve=curve,
             soundness=soundness,
@@ -423,7 +580,7 @@ class AdversarialAttack(Check):
 
             def attack(b: Batch, eps: float = eps, sub_target: Tensor = sub_target) -> tuple[int, int, Tensor]:
                 tgt = sub_target[b.start : b.stop].to(b.x.device)
-                _, success = self._attack(model, b.x, b.y, eps, tgt, b.generator(), data.num_classes)
+                _, success = self._attack(model, b.x, b.y, eps, tgt, b.generator(), data.num_classes, b.report)
                 return b.start, b.stop, success.cpu()
 
             for start, stop, success in engine.map(attack, sub, description=f"{name} eps={eps:.4g}", grad=True):
@@ -529,7 +686,7 @@ class AdversarialAttack(Check):
                 sub = sanity.take(standing)
 
                 def attack(b: Batch, eps: float = eps) -> Tensor:
-                    return second(model, b.x, b.y, eps, generator=b.generator())[1].cpu()
+                    return second(model, b.x, b.y, eps, generator=b.generator(), progress=b.report)[1].cpu()
 
                 hit = torch.cat(list(engine.map(attack, sub, description=f"convergence eps={eps:.4g}", grad=True)))
                 found[standing[hit]] = i
@@ -722,7 +879,7 @@ def _gradient_signal(no_signal: Tensor) -> Soundness:
         0.0 if none else 1.0,
         "No gradient signal: neither the cross-entropy nor the logit margin has a usable gradient with respect to "
         "the input (no autograd path, or gradients all zero or NaN), so gradient attacks cannot evaluate this "
-        "model and no robust accuracy is reported. Use a gradient-free attack (e.g. --attack foolbox:BoundaryAttack)."
+        "model and no robust accuracy is reported. --strength thorough runs the gradient-free Square attack on it."
         if none
         else "The logit margin has a usable input gradient on at least one sanity image, so gradient attacks can run.",
     )

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, final
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
 from auditkit.engine.loop import Engine, eval_mode
 from auditkit.inputs.data import ImageDataset
-from auditkit.results import CheckResult, Metric
+from auditkit.results import CheckResult, Conditions, Finding, Metric
 from auditkit.settings import Settings
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class NoSettings(Settings):
@@ -69,6 +70,9 @@ class CheckFailure(CheckResult):
 
     def headline(self) -> str:
         return f"CRASHED — {self.check}: {self.error[:120]}"
+
+    def findings(self, conditions: Conditions) -> tuple[Finding, ...]:
+        return (Finding("fail", f"The {self.check} check could not complete: {self.error[:200]}", "crashed"),)
 
     def metric_records(self) -> tuple[Metric, ...]:
         return (Metric(f"{self.check}.crashed", 1.0, "lower", "flag"),)

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from auditkit.checks.base import Check
 from auditkit.engine.loop import Engine
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
 from auditkit.ops.metrics import ConfusionAccumulator, wilson_interval
-from auditkit.results import CheckResult, Interval, Metric, pct
+from auditkit.results import CheckResult, Conditions, Finding, Interval, Metric, pct, points
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+else:
+    from auditkit._lazy import lazy
+
+    np = lazy("numpy")
+    torch = lazy("torch")
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,31 @@ class CleanResult(CheckResult):
     def headline(self) -> str:
         a = self.accuracy
         return f"{pct(a.value)} accuracy (95% CI {pct(a.low)}–{pct(a.high)}) on {a.n} images"
+
+    def findings(self, conditions: Conditions) -> tuple[Finding, ...]:
+        a = self.accuracy
+        out = [
+            Finding(
+                "info",
+                f"The model is right on {pct(a.value)} of {a.n} unaltered images (95% CI {pct(a.low)}–{pct(a.high)}).",
+                pct(a.value),
+                "clean.accuracy",
+            )
+        ]
+        counted = [c for c in self.per_class if c.support > 0]
+        if len(counted) >= 2:
+            worst = min(counted, key=lambda c: c.accuracy.value)
+            drop = a.value - worst.accuracy.value
+            out.append(
+                Finding(
+                    conditions.drop(drop),
+                    f"Class '{worst.name}' is recognised least: {pct(worst.accuracy.value)} of its "
+                    f"{worst.support} images, {points(drop)} below the overall accuracy.",
+                    points(drop),
+                    f"clean.accuracy[class={worst.name}]",
+                )
+            )
+        return tuple(out)
 
     def report_context(self) -> dict[str, Any]:
         from auditkit.report import plots

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from auditkit.results import CheckResult, Metric, fmt, pct
+from auditkit.results import CheckResult, Conditions, Finding, Metric, fmt, pct, points
 from auditkit.training.train import EpochLog
 
 
@@ -72,6 +72,33 @@ class HardenResult(CheckResult):
             curve = plots.before_after(self.before_rotation, self.after_rotation, xlabel=label, ylabel="acc.")
             out["rotation_svg"] = plots.svg(curve)
         return out
+
+    def findings(self, conditions: Conditions) -> tuple[Finding, ...]:
+        out = []
+        if self.overfit_epoch is not None:
+            out.append(
+                Finding(
+                    "warn",
+                    f"Training overfitted catastrophically at epoch {self.overfit_epoch} (robustness to the "
+                    f"training attack collapsed); epoch {self.kept_epoch} was kept.",
+                    str(self.overfit_epoch),
+                    "harden.catastrophic_overfitting",
+                )
+            )
+        for name, old, new, delta in self.deltas:
+            if name == "clean.accuracy" or name.startswith(("attack.robust_accuracy", "rotation.mean_accuracy")):
+                if name.startswith("attack.robust_accuracy") and f"eps={fmt(self.eps)}]" not in name:
+                    continue
+                sign = "+" if delta >= 0 else "−"
+                out.append(
+                    Finding(
+                        "info",
+                        f"{self.label} moved {name} from {pct(old)} to {pct(new)}.",
+                        f"{sign}{points(abs(delta))}",
+                        f"harden.change[{name}]",
+                    )
+                )
+        return tuple(out) or (Finding("info", self.headline(), ""),)
 
     def metric_records(self) -> tuple[Metric, ...]:
         out = [Metric(f"harden.change[{name}]", delta, unit="points") for name, _, _, delta in self.deltas]

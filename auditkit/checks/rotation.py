@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import torch
 from pydantic import ValidationInfo, field_validator, model_validator
-from torch import Tensor, nn
 
 from auditkit.checks.base import Check
 from auditkit.engine.loop import Engine, Outcome
@@ -23,8 +20,18 @@ from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
 from auditkit.ops.metrics import mean_interval, wilson_interval
 from auditkit.ops.perturb import FILLS, INTERPOLATIONS, Affine, Fill, Interpolation, rotations, spatial_grid
-from auditkit.results import CheckResult, Interval, Metric, fmt, pct
+from auditkit.results import CheckResult, Conditions, Finding, Interval, Metric, fmt, pct, points
 from auditkit.settings import Settings, join_list, setting
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import Tensor, nn
+else:
+    from auditkit._lazy import lazy
+
+    np = lazy("numpy")
+    torch = lazy("torch")
 
 DEFAULT_ANGLES: tuple[float, ...] = tuple(float(a) for a in range(-180, 181, 10))
 MAX_CLASS_METRICS = 100  # per-class-per-angle metrics only for up to this many classes
@@ -148,6 +155,48 @@ class RotationResult(CheckResult):
             text += f"; spatial attack (grid) leaves {pct(self.spatial.grid.value)}"
         return text
 
+    def findings(self, conditions: Conditions) -> tuple[Finding, ...]:
+        clean, mean = self.clean_accuracy, self.mean_accuracy.value
+        drop = clean - mean
+        out = [
+            Finding(
+                conditions.drop(drop),
+                f"Turning images by up to {self.mean_range:g}° either way drops accuracy from {pct(clean)} to "
+                f"{pct(mean)} on average ({points(drop)}).",
+                points(drop),
+                f"rotation.mean_accuracy[range={fmt(self.mean_range)}]",
+            ),
+            Finding(
+                "info",
+                f"The worst angle is {self.worst_angle:g}°: {pct(self.worst_accuracy)} of images are still "
+                "recognised there.",
+                pct(self.worst_accuracy),
+                "rotation.worst_accuracy",
+            ),
+        ]
+        if self.spatial is not None:
+            left = self.spatial.grid.value
+            severity = conditions.drop(clean - left)
+            out.append(
+                Finding(
+                    "warn" if severity == "fail" else severity,
+                    f"Choosing the worst small rotation and shift for each image leaves {pct(left)} correct "
+                    f"(from {pct(clean)}).",
+                    pct(left),
+                    "spatial.accuracy[attack=grid]",
+                )
+            )
+        for r in self.recoveries[:2]:
+            out.append(
+                Finding(
+                    "info",
+                    f"Class '{r.class_name}' comes back at {r.angle:g}° ({pct(r.accuracy)} against {pct(r.overall)} "
+                    "overall there): it looks alike rotated.",
+                    pct(r.accuracy),
+                )
+            )
+        return tuple(out)
+
     def report_context(self) -> dict[str, Any]:
         from auditkit.report import plots
 
@@ -193,13 +242,11 @@ class RotationSettings(Settings):
 
     section: ClassVar[str] = "rotation"
 
-    angles: str = setting("-180:180:10", "Rotation angles: start:stop:step (inclusive) or a list.")
+    angles: str = setting("-180:180:10", "Angles (degrees): a list or start:stop:step.")
     mean_range: float = setting(30.0, "Summarise mean accuracy over +/- this many degrees.", ge=0)
-    fraction_of_clean: float = setting(
-        0.5, "Report the first angle where accuracy falls below this fraction of clean.", gt=0, le=1
-    )
+    fraction_of_clean: float = setting(0.5, "First angle where accuracy < this share of clean.", gt=0, le=1)
     interpolation: Interpolation = setting("bilinear", "Interpolation: bilinear or nearest.")
-    fill: Fill = setting("zeros", "What fills the corners: zeros, border or reflection.")
+    fill: Fill = setting("zeros", "Corner fill: zeros, border or reflection.")
     spatial: bool = setting(True, "Run the spatial attack (rotations x translations grid).")
     spatial_angles: str = setting("-30:30:6", "Angles of the spatial attack grid.")
     translate: float = setting(3.0, "Largest shift in pixels of the spatial attack grid.", ge=0)

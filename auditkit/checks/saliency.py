@@ -13,25 +13,32 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-import torch
-from matplotlib import colormaps
 from pydantic import field_validator
-from scipy.stats import spearmanr
-from torch import Tensor, nn
 
 from auditkit.checks.base import Check
 from auditkit.engine.loop import Batch, Engine
+from auditkit.engine.progress import Task
 from auditkit.exceptions import ConfigError
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
-from auditkit.results import CheckResult, Metric
+from auditkit.results import CheckResult, Conditions, Finding, Metric
 from auditkit.settings import Settings, join_list, setting
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import Tensor, nn
+else:
+    from auditkit._lazy import lazy
+
+    np = lazy("numpy")
+    torch = lazy("torch")
+    nn = lazy("torch.nn")
+
 #: method name -> ``(model, x (B,C,H,W), target (B,), layer) -> attributions (B, H, W)``
-Method = Callable[[nn.Module, Tensor, Tensor, "nn.Module | None"], Tensor]
+Method = Callable[["nn.Module", "Tensor", "Tensor", "nn.Module | None"], "Tensor"]
 SANITY_THRESHOLD = 0.5
 
 
@@ -99,6 +106,8 @@ def relevance_mass(maps: Tensor, mask: Tensor) -> Tensor:
 
 def rank_correlation(a: Tensor, b: Tensor) -> float:
     """Mean over samples of Spearman's rank correlation between two ``(N, H, W)`` maps."""
+    from scipy.stats import spearmanr
+
     values = []
     for x, y in zip(a.flatten(1).cpu().numpy(), b.flatten(1).cpu().numpy(), strict=True):
         if np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -184,6 +193,21 @@ class SaliencyResult(CheckResult):
             f"; not trustworthy here: {', '.join(bad)}" if bad else ""
         )
 
+    def findings(self, conditions: Conditions) -> tuple[Finding, ...]:
+        return tuple(
+            Finding(
+                "pass" if s.passed else "warn",
+                f"{s.method} maps change when the model's weights are randomised (correlation {s.final:.2f}): "
+                "they reflect what the model learned."
+                if s.passed
+                else f"{s.method} maps barely change when the model's weights are randomised (correlation "
+                f"{s.final:.2f}, threshold {self.threshold:g}): do not read them as explanations.",
+                f"{s.final:.2f}",
+                f"saliency.randomization_spearman[method={s.method}]",
+            )
+            for s in self.sanity
+        )
+
     def metric_records(self) -> tuple[Metric, ...]:
         out: list[Metric] = []
         for s in self.sanity:
@@ -204,9 +228,9 @@ class SaliencySettings(Settings):
 
     methods: str = setting(
         "saliency,input_x_gradient,integrated_gradients,smoothgrad,gradcam",
-        "Saliency methods, comma-separated: saliency, input_x_gradient, integrated_gradients, smoothgrad, gradcam.",
+        "Comma list of saliency, input_x_gradient, integrated_gradients, smoothgrad, gradcam. [default: all]",
     )
-    saliency_target: str = setting("pred", "Explain the predicted class (pred), the true class (true) or a class name.")
+    saliency_target: str = setting("pred", "Class to explain: pred, true or a class name.")
     layer: str | None = setting(None, "Grad-CAM layer (module name). [default: the last Conv2d]")
 
     _lists = field_validator("methods", mode="before")(join_list)
@@ -289,15 +313,18 @@ class SaliencyMaps(Check):
         engine: Engine,
         layer: nn.Module | None,
         method: str,
+        *,
+        task: Task | None = None,
     ) -> Tensor:
-        """``(N, H, W)`` maps of ``method`` for every sample of ``data``, batched on the engine."""
+        """``(N, H, W)`` maps of ``method`` for every sample of ``data``, batched on the engine (advancing
+        ``task`` by one per image, or a bar of its own)."""
         fn = self.registry[method]
 
         def run(b: Batch) -> Tensor:
             x = b.x.detach().clone().requires_grad_(True)  # captum would warn and set it itself
             return fn(model, x, targets[b.start : b.stop].to(b.x.device), layer).detach().float().cpu()
 
-        return torch.cat(list(engine.map(run, data, description=f"saliency {method}", grad=True)))
+        return torch.cat(list(engine.map(run, data, description=f"saliency {method}", grad=True, task=task)))
 
     def _run(self, model: nn.Module, data: ImageDataset, engine: Engine) -> SaliencyResult:
         layer_name, layer = self._layer(model)
@@ -306,7 +333,8 @@ class SaliencyMaps(Check):
         chosen, reasons = self._select(clean.logits, clean.pred, clean.label)
         sub = data.take(chosen)
         sub_targets = targets[chosen]
-        maps = {m: self.maps(model, sub, sub_targets, engine, layer, m) for m in self.methods}
+        with engine.task("saliency maps", len(sub) * len(self.methods)) as task:
+            maps = {m: self.maps(model, sub, sub_targets, engine, layer, m, task=task) for m in self.methods}
         sanity = self._sanity(model, data, targets, engine, layer_name)
         probs = torch.softmax(clean.logits, dim=1)
         names = data.class_names
@@ -365,28 +393,34 @@ class SaliencyMaps(Check):
         sub, sub_t = data.take(idx), targets[idx]
         stages = randomisation_stages(model)
         results = []
-        for method in self.methods:
-            trained = self.maps(model, sub, sub_t, engine, dict(model.named_modules()).get(layer_name), method)
-            corr = []
-            for _, clone in stages:
-                clone = clone.to(engine.device).eval()
-                layer = dict(clone.named_modules()).get(layer_name) if layer_name else None
-                corr.append(rank_correlation(trained, self.maps(clone, sub, sub_t, engine, layer, method)))
-            final = corr[-1] if corr else math.nan
-            results.append(
-                SanityResult(
-                    method=method,
-                    stages=tuple(s for s, _ in stages),
-                    correlations=tuple(corr),
-                    final=final,
-                    passed=bool(final < SANITY_THRESHOLD),
+        total = len(sub) * len(self.methods) * (len(stages) + 1)
+        with engine.task("saliency sanity check (randomised layers)", total) as task:
+            for method in self.methods:
+                layer_t = dict(model.named_modules()).get(layer_name)
+                trained = self.maps(model, sub, sub_t, engine, layer_t, method, task=task)
+                corr = []
+                for _, clone in stages:
+                    clone = clone.to(engine.device).eval()
+                    layer = dict(clone.named_modules()).get(layer_name) if layer_name else None
+                    randomised = self.maps(clone, sub, sub_t, engine, layer, method, task=task)
+                    corr.append(rank_correlation(trained, randomised))
+                final = corr[-1] if corr else math.nan
+                results.append(
+                    SanityResult(
+                        method=method,
+                        stages=tuple(s for s, _ in stages),
+                        correlations=tuple(corr),
+                        final=final,
+                        passed=bool(final < SANITY_THRESHOLD),
+                    )
                 )
-            )
         return results
 
 
 def _heat_images(m: Tensor, image: Tensor) -> tuple[str, str]:
     """A heat map and an overlay on the (grey) image, both as PNG data URIs."""
+    from matplotlib import colormaps
+
     a = m.abs()
     a = a / a.max().clamp_min(1e-12)
     rgb = torch.from_numpy(colormaps["inferno"](a.numpy())[..., :3]).permute(2, 0, 1).float()

@@ -19,11 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-import numpy as np
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from auditkit.checks.base import Check
 from auditkit.checks.saliency import relevance_mass
@@ -33,8 +29,19 @@ from auditkit.inputs.data import ImageDataset, decode_image
 from auditkit.inputs.images import to_data_uri
 from auditkit.ops.metrics import mean_interval, wilson_interval
 from auditkit.ops.perturb import Affine, spatial_grid
-from auditkit.results import CheckResult, Interval, Metric, pct
+from auditkit.results import CheckResult, Conditions, Finding, Interval, Metric, pct
 from auditkit.settings import Settings, setting
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import Tensor, nn
+else:
+    from auditkit._lazy import lazy
+
+    np = lazy("numpy")
+    torch = lazy("torch")
+    nn = lazy("torch.nn")
 
 POSITIONS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
 OCCLUSIONS: tuple[str, ...] = ("mean", "blur", "noise")
@@ -153,6 +160,31 @@ class ShortcutResult(CheckResult):
 
         return {"location_svg": plots.svg(plots.location_heatmap(self))}
 
+    def findings(self, conditions: Conditions) -> tuple[Finding, ...]:
+        p = self.planted
+        out = [
+            Finding(
+                "fail" if self.flagged else "pass",
+                f"Possible shortcut: {self.headline().removeprefix('SHORTCUT flagged by ')}."
+                if self.flagged
+                else f"No shortcut found: stamping a {p.cue} changes {pct(p.flip_rate.value)} of answers.",
+                pct(p.attraction.value) if self.flagged else pct(p.flip_rate.value),
+                "shortcut.planted.attraction" if self.flagged else "shortcut.planted.flip_rate",
+            )
+        ]
+        if self.removal is not None and self.removal.flagged:
+            r = self.removal
+            out.append(
+                Finding(
+                    "fail",
+                    f"Removing the data's cue drops accuracy from {pct(r.accuracy_clean)} to "
+                    f"{pct(r.accuracy_cue.value)}: the model relies on it.",
+                    pct(r.reliance.value),
+                    "shortcut.removal.reliance",
+                )
+            )
+        return tuple(out)
+
     def metric_records(self) -> tuple[Metric, ...]:
         p, loc, s = self.planted, self.location, self.saliency
         out = [
@@ -248,17 +280,15 @@ class ShortcutSettings(Settings):
 
     section: ClassVar[str] = "shortcut"
 
-    cue: str = setting("patch", "Planted cue: patch, border, or an image file stamped into the cue box.")
+    cue: str = setting("patch", "Planted cue: patch, border or an image file.")
     cue_position: Literal["top-left", "top-right", "bottom-left", "bottom-right", "center"] = setting(
-        "top-left", "Where the cue goes: top-left, top-right, bottom-left, bottom-right, center."
+        "top-left", "Cue place: top-left, top-right, bottom-left, bottom-right, center."
     )
     cue_size: int = setting(4, "Cue size in pixels of the model input (border width).", ge=1)
     cue_value: float = setting(1.0, "Cue pixel value in [0, 1] for patch and border.", ge=0, le=1)
-    occlusion: Literal["mean", "blur", "noise"] = setting(
-        "mean", "How cue boxes (manifest columns x0,y0,x1,y1) are hidden: mean, blur, noise."
-    )
+    occlusion: Literal["mean", "blur", "noise"] = setting("mean", "Hide the data's cue boxes by: mean, blur or noise.")
     shift: float = setting(2.0, "Location probe: largest shift in pixels.", ge=0)
-    shift_steps: int = setting(5, "Location probe: shifts per axis (at most 100: a 100 x 100 grid).", ge=1, le=100)
+    shift_steps: int = setting(5, "Location probe: shifts per axis (at most 100).", ge=1, le=100)
 
 
 class ShortcutProbes(Check):

@@ -11,13 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, NamedTuple
-
-import numpy as np
-import torch
-from scipy.stats import fisher_exact
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from auditkit.checks.base import Check
 from auditkit.checks.clean import Example
@@ -26,8 +20,18 @@ from auditkit.exceptions import ConfigError
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
 from auditkit.ops.metrics import expected_calibration_error, holm, mean_interval, wilson_interval
-from auditkit.results import CheckResult, Interval, Metric, pct
+from auditkit.results import CheckResult, Conditions, Finding, Interval, Metric, pct, points
 from auditkit.settings import Settings, setting
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+else:
+    from auditkit._lazy import lazy
+
+    np = lazy("numpy")
+    torch = lazy("torch")
 
 MISSING = "(missing)"
 MISSING_TOKENS = frozenset({"", "nan", "NaN", "NA", "N/A", "None", "null"})
@@ -115,12 +119,37 @@ class SubgroupResult(CheckResult):
             return "fewer than two groups with enough data"
         d = max(worst, key=lambda d: d.gap)
         flag = f"; {len(d.significant)} group(s) differ significantly (Holm)" if d.significant else ""
-        return f"largest accuracy gap {pct(d.gap)} by {d.attribute} ({d.best} vs {d.worst}){flag}"
+        return f"largest accuracy gap {points(d.gap)} by {d.attribute} ({d.best} vs {d.worst}){flag}"
 
     def report_context(self) -> dict[str, Any]:
         from auditkit.report import plots
 
         return {"bars": {a: plots.svg(plots.subgroup_bars(self, a)) for a in self.attributes}}
+
+    def findings(self, conditions: Conditions) -> tuple[Finding, ...]:
+        by_key = {(g.attribute, g.value): g for g in self.groups}
+        out = []
+        for d in self.disparities:
+            best, worst = by_key.get((d.attribute, d.best)), by_key.get((d.attribute, d.worst))
+            if d.compared < 2 or best is None or worst is None:
+                continue
+            err_b, err_w = 1 - best.accuracy.value, 1 - worst.accuracy.value
+            times = f"{err_w / err_b:.1f}× as often as" if err_b > 0 else "more often than"
+            sig = d.worst in d.significant
+            p = f", p = {worst.p_holm:.2g} after Holm" if math.isfinite(worst.p_holm) else ""
+            out.append(
+                Finding(
+                    conditions.gap(d.gap, sig),
+                    f"Images with {d.attribute} = {d.worst} are wrong {times} those with {d.attribute} = {d.best} "
+                    f"({pct(err_w)} vs {pct(err_b)} error, {worst.n} and {best.n} images{p}"
+                    f"{'' if sig else '; not significant'}).",
+                    points(d.gap),
+                    f"subgroups.accuracy_gap[attribute={d.attribute}]",
+                )
+            )
+        if not out:
+            out.append(Finding("info", f"No subgroup comparison: {self.headline()}.", ""))
+        return tuple(out)
 
     def metric_records(self) -> tuple[Metric, ...]:
         out: list[Metric] = []
@@ -193,6 +222,9 @@ def subgroup_stats(
     counts; p-values are Holm-adjusted within each attribute. Groups with fewer than
     ``min_support`` samples are reported but marked insufficient and left out of disparities.
     """
+    from scipy.stats import fisher_exact
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+
     n_total = len(y_true)
     correct = y_true == y_pred
     total_errors = int((~correct).sum())
@@ -316,8 +348,7 @@ class SubgroupSettings(Settings):
 
     groups: tuple[str, ...] = setting(
         (),
-        "Metadata column to break errors down by; repeat for several (their intersection too). "
-        "[default: every column with 2-20 values]",
+        "Metadata column to break errors down by; repeatable (intersections too). [default: columns with 2-20 values]",
         flag="--group",
         multiple=True,
     )

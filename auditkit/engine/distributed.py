@@ -12,12 +12,18 @@ import datetime as _dt
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from auditkit.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    import torch.distributed as dist
+else:
+    from auditkit._lazy import lazy
+
+    torch = lazy("torch")
+    dist = lazy("torch.distributed")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,12 @@
 
 Every loop over a dataset goes through :meth:`Engine.map`; checks never write their own.
 The clean forward pass is computed once per (model, dataset) and shared via :meth:`Engine.predict`.
+
+Progress counts images (or images x perturbations), never batches. Each :meth:`Engine.map` is a bar of
+its own unless it is given a ``task`` of the caller (:meth:`Engine.task`: one bar over several loops,
+e.g. the saliency sanity check). Inside a batch the work function may report how far it got with
+:meth:`Batch.report` (an attack's steps, a sweep's parameter chunks): the bar then moves even when
+the whole dataset is one batch, and its ETA is known after the first report.
 """
 
 from __future__ import annotations
@@ -11,17 +17,23 @@ import hashlib
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
-
-import numpy as np
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from auditkit.engine.distributed import World
-from auditkit.engine.progress import track as _track
+from auditkit.engine.progress import NullSink, ProgressSink, Task, terminal_sink
 from auditkit.engine.resume import BatchStore, call_name
 from auditkit.exceptions import AuditkitError, ConfigError, ModelError, NonFiniteOutputError, RunError
 from auditkit.inputs.data import FileImages, ImageDataset
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import Tensor, nn
+else:
+    from auditkit._lazy import lazy
+
+    np = lazy("numpy")
+    torch = lazy("torch")
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
@@ -60,6 +72,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
+def _no_progress(done: float) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Batch:
     """A slice of a dataset on the engine's device: ``x`` ``(B, C, H, W)`` float in ``[0, 1]``.
@@ -74,10 +90,18 @@ class Batch:
     x: Tensor
     y: Tensor
     seed: int = field(default=0, compare=False)
+    progress: Callable[[float], None] = field(default=_no_progress, compare=False, repr=False)
 
     def generator(self) -> torch.Generator:
         """A CPU generator seeded for this batch."""
         return torch.Generator().manual_seed(self.seed)
+
+    def report(self, done: float) -> None:
+        """Tell the progress bar that ``done`` (0 to 1) of this batch's work is finished: cumulative,
+        not an increment, so a loop calls ``b.report((i + 1) / steps)``. Optional: the bar is moved past
+        the batch when it returns anyway. Long work on one batch (an attack's steps) should call it so
+        that a dataset that fits in one batch does not show a frozen bar."""
+        self.progress(min(1.0, max(0.0, float(done))))
 
 
 def _load_trim() -> Callable[[], None]:
@@ -163,7 +187,7 @@ class Engine:
         batch_size: int = 256,
         seed: int = 0,
         deterministic: bool = False,
-        progress: bool = True,
+        progress: bool | ProgressSink = True,
         forward_factor: int = 1,
         world: World | None = None,
         workers: int = 0,
@@ -186,7 +210,13 @@ class Engine:
         self.batch_size = batch_size
         self.seed = seed
         self.deterministic = deterministic
-        self.progress = progress and self.world.main
+        if not self.world.main:
+            self.sink: ProgressSink = NullSink()  # only rank 0 shows progress
+        elif isinstance(progress, bool):
+            self.sink = terminal_sink(progress)
+        else:
+            self.sink = progress
+        self.progress = not isinstance(self.sink, NullSink)
         self.forward_factor = forward_factor
         self.workers = workers
         self.amp = amp
@@ -210,7 +240,7 @@ class Engine:
         """
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if self._counting_nonfinite or not isinstance(output, Tensor) or not output.is_floating_point():
+            if self._counting_nonfinite or not isinstance(output, torch.Tensor) or not output.is_floating_point():
                 return
             if output.numel() == 0:
                 return
@@ -252,9 +282,28 @@ class Engine:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
 
-    def track(self, iterable: Iterable[T], total: int, description: str) -> Iterator[T]:
-        """A progress bar over ``iterable`` (shown only on a terminal, when enabled, on rank 0)."""
-        return _track(iterable, total, description, enabled=self.progress)
+    @contextlib.contextmanager
+    def task(self, description: str, total: float, *, unit: str = "images") -> Iterator[Task]:
+        """A bar of ``total`` units for work the caller spans over several loops: pass it as
+        ``map(..., task=...)`` (each image then advances it by ``per_image``) or advance it directly.
+        Its bar goes away when the block ends."""
+        task = Task(self.sink, description, total, unit)
+        try:
+            yield task
+        finally:
+            task.close()
+
+    def track(self, iterable: Iterable[T], total: int, description: str, *, unit: str = "images") -> Iterator[T]:
+        """Yield from ``iterable`` (``total`` items, each one ``unit``) while its bar advances."""
+        with self.task(description, total, unit=unit) as task:
+            for item in iterable:
+                yield item
+                task.advance(1)
+
+    def note(self, line: str) -> None:
+        """A line that stays where the bars were (a finished check's headline); shown only when
+        progress is, on stderr."""
+        self.sink.note(line)
 
     @property
     def channels_last(self) -> bool:
@@ -273,11 +322,19 @@ class Engine:
         dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _to_batch(self, images: Tensor, labels: Tensor, start: int, stop: int, seed: int = 0) -> Batch:
+    def _to_batch(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        start: int,
+        stop: int,
+        seed: int = 0,
+        progress: Callable[[float], None] = _no_progress,
+    ) -> Batch:
         x = images.to(self.device, non_blocking=True).float().div_(255.0)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return Batch(start, stop, x, labels.to(self.device, non_blocking=True), seed)
+        return Batch(start, stop, x, labels.to(self.device, non_blocking=True), seed, progress)
 
     def batch(self, data: ImageDataset, start: int, stop: int) -> Batch:
         """Images ``start:stop`` as float ``[0, 1]`` on the device."""
@@ -307,6 +364,9 @@ class Engine:
         *,
         description: str,
         grad: bool = False,
+        per_image: int = 1,
+        unit: str = "images",
+        task: Task | None = None,
     ) -> Iterator[T]:
         """Apply ``fn`` to consecutive batches of ``data``; yields outputs in batch order.
 
@@ -314,6 +374,11 @@ class Engine:
         autograd. A CUDA out-of-memory error halves the batch size and retries the same samples.
         Each batch runs with the global RNG seeded by :func:`batch_seed`. Under torch.distributed
         this rank runs every ``world.size``-th batch and yields every batch's outputs (gathered).
+
+        Progress: a bar named ``description`` of ``len(data) * per_image`` ``unit`` (``per_image``: the
+        perturbations each image goes through), or, given the caller's ``task``, that task advanced by
+        as much. ``fn`` may report progress inside a batch with :meth:`Batch.report`. Under
+        torch.distributed rank 0 shows its share scaled to the whole dataset.
         """
         n = len(data)
         size = self.batch_size
@@ -321,6 +386,9 @@ class Engine:
         call = call_name(self._calls, description)
         self._calls += 1
         mine = [cells[i] for i in self.world.shard(len(cells))]
+        local_n = sum(stop - start for start, stop in mine)
+        per_unit = per_image * (n / local_n if local_n else 1.0)  # units one local image stands for
+        bar: list[Task] = [task] if task is not None else []  # the bar, once iteration starts
         store = self.store
         saved = {c: store.load(call, *c) for c in mine} if store is not None else {}
         todo = [c for c in mine if saved.get(c) is None]
@@ -329,14 +397,22 @@ class Engine:
         def run_cell(cell: tuple[int, int], images: Tensor) -> list[T]:
             outs: list[T] = []
             s, stop = cell
+            base = bar[0].completed
             while s < stop:
                 e = min(s + self.batch_size, stop)
                 seed = batch_seed(self.seed, description, s)
+                before, weight = base + (s - cell[0]) * per_unit, (e - s) * per_unit
+
+                def report(done: float, before: float = before, weight: float = weight) -> None:
+                    bar[0].update(before + done * weight)
+
                 try:
                     torch.manual_seed(seed)
                     with mode(), self.autocast(grad):
-                        b = self._to_batch(images[s - cell[0] : e - cell[0]], data.labels[s:e], s, e, seed)
+                        part = images[s - cell[0] : e - cell[0]]
+                        b = self._to_batch(part, data.labels[s:e], s, e, seed, report)
                         outs.append(fn(b))
+                    bar[0].update(before + weight)
                     _release_freed_memory()
                 except torch.OutOfMemoryError as exc:
                     if self.batch_size == 1:
@@ -358,21 +434,29 @@ class Engine:
             # saving the state per batch fragments the heap and grows memory with the data)
             cpu_state = torch.get_rng_state()
             cuda_state = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+            own = None if task is not None else Task(self.sink, description, n * per_image, unit)
+            if own is not None:
+                bar.append(own)
             fetched = self._fetch(data, todo)
             try:
                 for cell in mine:
                     restored = saved.get(cell)
                     if restored is not None:
                         self.restored += 1
+                        bar[0].advance((cell[1] - cell[0]) * per_unit)
                         yield restored
                     else:
                         yield run_cell(cell, next(fetched))
+                if own is not None:
+                    own.update(own.total)  # exact, whatever the rounding of a distributed share
             finally:
+                if own is not None:
+                    own.close()
                 torch.set_rng_state(cpu_state)
                 if cuda_state is not None:
                     torch.cuda.set_rng_state(cuda_state, self.device)
 
-        progress = self.track(local(), len(mine), description)
+        progress = local()
         if not self.world.active:
             return (out for outs in progress for out in outs)
         index = {c: i for i, c in enumerate(cells)}
@@ -394,7 +478,9 @@ class Engine:
         ``params`` is ``(P, D)``; ``perturbation(x, p)`` takes ``x`` ``(B, C, H, W)`` and one
         parameter row per image ``(B, D)``. Several parameter rows share a forward batch (up to
         ``forward_factor`` times the batch size). Rows flagged in ``identity`` ``(P,)`` reuse the
-        clean pass instead of running the model again, so they reproduce it exactly.
+        clean pass instead of running the model again, so they reproduce it exactly. The bar counts
+        the perturbed images the model sees (images x parameter rows not flagged), moving after each
+        forward pass.
         """
         n_params = int(params.shape[0])
         clean = self.predict(model, data)
@@ -418,10 +504,12 @@ class Engine:
                 logits = model(perturbation(xs, p.repeat_interleave(size, dim=0)))
                 pred = logits.argmax(dim=1).masked_fill(~torch.isfinite(logits).all(dim=1), -1)
                 preds.append(pred.view(c, size).t().cpu())
+                b.report((start + c) / len(todo))
             return b.start, b.stop, torch.cat(preds, dim=1)
 
         with eval_mode(model), self._counting():
-            for start, stop, preds in self.map(run, data, description=description):
+            sweep = self.map(run, data, description=description, per_image=len(todo), unit="perturbed images")
+            for start, stop, preds in sweep:
                 out[start:stop, todo] = preds
         bad = out < 0
         if bool(bad.any()):  # never score a NaN logit as an answer
@@ -460,7 +548,13 @@ class Engine:
         return preds
 
 
-class _Cells(torch.utils.data.Dataset[Tensor]):
+if TYPE_CHECKING:
+    _CellsBase = torch.utils.data.Dataset[Tensor]
+else:
+    _CellsBase = object  # DataLoader takes any map-style dataset (__getitem__, __len__); no torch at import
+
+
+class _Cells(_CellsBase):
     """A map-style dataset of whole batches (``cells``) of a :class:`FileImages`, for DataLoader."""
 
     def __init__(self, images: FileImages, cells: list[tuple[int, int]]) -> None:

@@ -15,12 +15,17 @@ import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from auditkit.exceptions import ConfigError
 from auditkit.io import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from auditkit._lazy import lazy
+
+    torch = lazy("torch")
 
 RESUME_DIR = ".auditkit-resume"
 

@@ -17,15 +17,23 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-
-import numpy as np
-import torch
-from PIL import Image
-from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from auditkit.exceptions import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torch import Tensor
+    from torchvision.transforms.v2 import functional as TF
+else:
+    from auditkit._lazy import lazy
+
+    np = lazy("numpy")
+    torch = lazy("torch")
+    Image = lazy("PIL.Image")
+    TF = lazy("torchvision.transforms.v2.functional")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DIGITS_SIZE = 28
@@ -135,7 +143,7 @@ class FileImages:
     def _indices(self, key: int | slice | Sequence[int] | Tensor) -> list[int]:
         if isinstance(key, slice):
             return list(range(len(self.paths)))[key]
-        if isinstance(key, Tensor):
+        if isinstance(key, torch.Tensor):
             return [int(i) for i in key.flatten().tolist()]
         if isinstance(key, int):
             return [key]
@@ -163,7 +171,7 @@ class FileImages:
         return self[:].numpy()
 
 
-Images = Tensor | FileImages
+Images = Union["Tensor", FileImages]  # torch only for type checkers
 
 
 @dataclass(frozen=True)
@@ -290,7 +298,7 @@ def _declares_16_bit(img: Image.Image) -> bool:
     return False
 
 
-def _to_8_bit_grey(img: Image.Image, path: Path) -> Image.Image:
+def _to_8_bit_grey(img: Image.Image, path: Path | str) -> Image.Image:
     """A 16-bit (``I;16*``, ``I``) or float (``F``) grey image as an 8-bit ``L`` image, or ``DataError``."""
     a = np.asarray(img)
     if img.mode == "F":
@@ -347,10 +355,17 @@ def decode_image(path: Path, *, mode: str | None) -> Tensor:
             png = getattr(img, "png", None)  # the PNG header, gone after load()
             grey_alpha_16 = png is not None and getattr(png, "im_rawmode", None) == "LA;16B"
             img.load()
-            grey = img.mode in _GREY_MODES or grey_alpha_16
-            img8 = _to_8_bit_grey(img, path) if img.mode in _HIGH_DEPTH_GREY_MODES else img
-            converted = img8.convert(mode or ("L" if grey else "RGB"))
-    return TF.pil_to_tensor(converted)
+            return pil_pixels(img, mode=mode, where=path, grey_alpha_16=grey_alpha_16)
+
+
+def pil_pixels(img: Image.Image, *, mode: str | None, where: Path | str, grey_alpha_16: bool = False) -> Tensor:
+    """A loaded Pillow image as ``(C, H, W)`` uint8, converted as :func:`decode_image` describes
+    (``where`` names it in errors; ``grey_alpha_16``: a 16-bit grey+alpha PNG that Pillow opened as RGBA)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
+        grey = img.mode in _GREY_MODES or grey_alpha_16
+        img8 = _to_8_bit_grey(img, where) if img.mode in _HIGH_DEPTH_GREY_MODES else img
+        return TF.pil_to_tensor(img8.convert(mode or ("L" if grey else "RGB")))
 
 
 def _resolve_in(base: Path, raw: str, where: str) -> Path:
@@ -489,7 +504,7 @@ def _stack(images: list[Tensor], preprocess: Preprocess, channels: int | None) -
 
 def _dataset_hash(images: Tensor | hashlib._Hash, labels: Tensor, metadata: Mapping[str, Sequence[str]]) -> str:
     """SHA-256 of the pixels (or a digest already fed with them), labels and metadata."""
-    if isinstance(images, Tensor):
+    if isinstance(images, torch.Tensor):
         digest = hashlib.sha256()
         digest.update(images.numpy().tobytes())
     else:
@@ -517,7 +532,7 @@ def _finish(
 ) -> ImageDataset:
     lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     meta = {k: tuple(str(v) for v in vals) for k, vals in metadata.items()}
-    if digest is None and not isinstance(images, Tensor):
+    if digest is None and not isinstance(images, torch.Tensor):
         raise TypeError("a streamed dataset needs the digest of its decoded images")
     return ImageDataset(
         images=images,
@@ -600,7 +615,7 @@ def _decode_files(rows: list[tuple[Path, str, str]], o: LoadOptions) -> _Decoded
 
 
 def load_dataset(
-    source: str | Path,
+    source: str | Path | InMemoryData,
     *,
     class_names: Sequence[str] | None = None,
     class_source: str = "--class-names",
@@ -617,7 +632,8 @@ def load_dataset(
     split: str | None = None,
 ) -> ImageDataset:
     """Load ``source``: a folder (ImageFolder, or MNIST-style IDX files), a ``.csv`` manifest,
-    an ``.npz``, ``torchvision:<Dataset>:<root>`` or ``digits``.
+    an ``.npz``, ``torchvision:<Dataset>:<root>`` or ``digits``; or data held in memory
+    (:data:`InMemoryData`, the Python API), held to the same options as an ``.npz``.
 
     ``class_names`` (from ``class_source``) and ``num_classes`` come from the model, so labels are
     checked against it; labels are mapped over the whole dataset before ``limit``/``sample``.
@@ -644,6 +660,8 @@ def load_dataset(
         stream=stream,
         split=split,
     )
+    if not isinstance(source, (str, Path)):
+        return load_in_memory(source, options)
     src = str(source)
     if src in ("digits", "digits:test", "digits:train"):
         split_arrays = digits_split(seed=0)["train" if src.endswith("train") else "test"]
@@ -1018,3 +1036,181 @@ def _load_npz(path: Path, o: LoadOptions) -> ImageDataset:
         names=None if o.class_names else names,
         fallback=None if o.class_names or names is None else (names, f"the class_names array in {path.name}"),
     )
+
+
+#: data the Python API takes besides a path: ``(x, y)`` or ``(x, y, metadata)`` arrays, a torch
+#: ``Dataset`` of ``(image, label)`` items, or a ``DataLoader`` of ``(images, labels)`` batches
+InMemoryData = Union[tuple[Any, ...], "torch.utils.data.Dataset[Any]", "torch.utils.data.DataLoader[Any]"]
+IN_MEMORY_FORMS = (
+    "a dataset path or 'digits', an (x, y) or (x, y, metadata) tuple of tensors, a torch Dataset of "
+    "(image, label) items or a DataLoader of (images, labels) batches"
+)
+
+
+def describe_in_memory(source: object) -> str:
+    """What the run manifest calls in-memory ``source``; a :class:`ConfigError` for anything else."""
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(source, tuple) and len(source) in (2, 3):
+        return "in-memory (x, y, metadata)" if len(source) == 3 else "in-memory (x, y)"
+    if isinstance(source, DataLoader):
+        return f"in-memory DataLoader over {type(source.dataset).__name__}"
+    if isinstance(source, Dataset):
+        return f"in-memory {type(source).__name__}"
+    shape = f" of {len(source)} items" if isinstance(source, (tuple, list)) else ""
+    raise ConfigError(f"data must be {IN_MEMORY_FORMS}; got a {type(source).__name__}{shape}")
+
+
+def load_in_memory(source: InMemoryData, o: LoadOptions) -> ImageDataset:
+    """Data held in memory as an :class:`ImageDataset`, through the ``.npz`` loader's path: images in
+    ``[0, 1]`` (float) or ``0..255`` (uint8) are stored as 8-bit pixels like every other source, labels are
+    class indices (or names), metadata columns hold one value per image."""
+    from torch.utils.data import DataLoader
+
+    name = describe_in_memory(source)
+    if isinstance(source, tuple):
+        x = _pixels(source[0], "x")
+        y = _labels(source[1], len(x), "y")
+        meta = _columns(source[2], len(x)) if len(source) == 3 else {}
+        ids = [f"x[{i}]" for i in range(len(x))]
+        fmt = "tensors"
+    else:
+        fmt = "dataloader" if isinstance(source, DataLoader) else "dataset"
+        images, y, meta = _collect(source, fmt, o.mode)
+        x = _stack(images, o.preprocess, o.channels) if images else torch.empty((0, 1, 1, 1), dtype=torch.uint8)
+        ids = [f"{fmt}[{i}]" for i in range(len(y))]
+    return _from_arrays(x.numpy(), y, meta, o, source=name, fmt=fmt, ids=ids)
+
+
+def _pixels(x: object, what: str) -> Tensor:
+    """``(N, C, H, W)`` images, float in ``[0, 1]`` or uint8, as uint8 (``round(255 x)``, as an .npz's)."""
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "biuf":
+        raise DataError(f"{what} must be float pixels in [0, 1] (or uint8 0-255); got dtype {x.dtype}")
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    if not isinstance(t, torch.Tensor):
+        raise DataError(f"{what} must be a tensor of images (N, C, H, W); got a {type(x).__name__}")
+    t = t.detach().cpu()
+    if t.ndim != 4 or t.shape[1] not in (1, 3):
+        last = t.ndim == 4 and t.shape[-1] in (1, 3)
+        hint = " (channels last? use x.permute(0, 3, 1, 2))" if last else ""
+        raise DataError(f"{what} must be images (N, C, H, W) with C 1 or 3; got shape {tuple(t.shape)}{hint}")
+    if t.dtype == torch.uint8:
+        return t.contiguous()
+    if not t.is_floating_point():
+        raise DataError(f"{what} must be float pixels in [0, 1] (or uint8 0-255); got dtype {t.dtype}")
+    t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        raise DataError(f"{what} holds NaN or infinite values; images must be float pixels in [0, 1]")
+    lo, hi = (float(t.min()), float(t.max())) if t.numel() else (0.0, 0.0)
+    if lo < 0 or hi > 1:
+        raise DataError(
+            f"{what} holds values in [{lo:.4g}, {hi:.4g}], not [0, 1]: pass un-normalised pixels in [0, 1] and "
+            "give the model's normalisation as mean=/std="
+        )
+    return t.mul(255).round().to(torch.uint8)
+
+
+def _labels(y: object, n: int, what: str) -> np.ndarray:
+    """``(N,)`` integer class indices (or class-name strings) as a numpy array."""
+    arr = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if arr.ndim != 1:
+        raise DataError(f"{what} must be one label per image, shape (N,); got shape {arr.shape}")
+    if len(arr) != n:
+        raise DataError(f"there are {n} images but {len(arr)} labels")
+    if arr.dtype.kind not in "iuU":
+        hint = " (convert with y.long() if they are whole numbers)" if arr.dtype.kind == "f" else ""
+        raise DataError(f"{what} must be integer class indices (or class names); got dtype {arr.dtype}{hint}")
+    return arr
+
+
+def _columns(metadata: object, n: int) -> dict[str, np.ndarray]:
+    """Per-image metadata columns (``{"site": [...]}``), one value per image each, as strings."""
+    if not isinstance(metadata, Mapping):
+        raise ConfigError(f"metadata must be a dict of columns (one value per image); got {type(metadata).__name__}")
+    out: dict[str, np.ndarray] = {}
+    for key, column in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"metadata column names must be non-empty strings; got {key!r}")
+        if isinstance(column, (str, bytes)) or not hasattr(column, "__len__"):
+            raise DataError(f"metadata column {key!r} must hold one value per image; got a {type(column).__name__}")
+        values = column.tolist() if isinstance(column, (torch.Tensor, np.ndarray)) else list(column)
+        if len(values) != n or any(isinstance(v, list) for v in values):
+            raise DataError(f"metadata column {key!r} must hold one value per image: {n} values; got {len(values)}")
+        out[key] = np.array([str(v) for v in values], dtype=str)
+    return out
+
+
+def _collect(
+    source: torch.utils.data.Dataset[Any] | torch.utils.data.DataLoader[Any], fmt: str, mode: str | None
+) -> tuple[list[Tensor], np.ndarray, dict[str, np.ndarray]]:
+    """Every ``(image, label[, metadata])`` item of a Dataset, or ``(images, labels[, metadata])`` batch of
+    a DataLoader: the ``(C, H, W)`` uint8 images, the labels and the metadata columns."""
+    from torch.utils.data import DataLoader
+
+    batches = isinstance(source, DataLoader)
+    images: list[Tensor] = []
+    labels: list[Any] = []
+    rows: list[Mapping[str, Any]] = []
+    for k, item in enumerate(_items(source)):
+        where = f"the {fmt}'s {'batch' if batches else 'item'} {k}"
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            form = "(images, labels[, metadata])" if batches else "(image, label[, metadata])"
+            raise DataError(f"{where} must be {form}; got a {type(item).__name__}")
+        if batches:
+            x = _pixels(item[0], f"{where}'s images")
+            images.extend(x)
+            labels.extend(_labels(item[1], len(x), f"{where}'s labels").tolist())
+            if len(item) == 3:
+                cols = _columns(item[2], len(x))
+                rows.extend({c: str(cols[c][j]) for c in cols} for j in range(len(x)))
+        else:
+            images.append(_pixels(_as_image(item[0], where, mode), f"{where}'s image")[0])
+            labels.append(_scalar_label(item[1], where))
+            if len(item) == 3:
+                if not isinstance(item[2], Mapping):
+                    raise DataError(f"{where}: a third element must be a metadata dict; got {type(item[2]).__name__}")
+                rows.append(item[2])
+    if rows and len(rows) != len(images):
+        raise DataError(f"the {fmt} gives metadata for only some images; give it for all or none")
+    keys = sorted(rows[0]) if rows else []
+    for j, row in enumerate(rows):
+        if sorted(row) != keys:
+            raise DataError(f"the {fmt}'s image {j} has metadata keys {sorted(row)}, the first had {keys}")
+    y = _labels(np.asarray(labels) if labels else np.zeros(0, dtype=np.int64), len(images), "labels")
+    return images, y, _columns({c: [row[c] for row in rows] for c in keys}, len(images))
+
+
+def _items(source: torch.utils.data.Dataset[Any] | torch.utils.data.DataLoader[Any]) -> Iterator[Any]:
+    """A DataLoader's batches, a map-style Dataset's items by index, an iterable Dataset's items."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(source, DataLoader) or not hasattr(source, "__len__"):
+        yield from source  # type: ignore[misc]
+        return
+    for i in range(len(source)):
+        yield source[i]
+
+
+def _as_image(image: object, where: str, mode: str | None) -> Tensor:
+    """One ``(C, H, W)`` image (a tensor, an array or a Pillow image, converted to ``mode`` as an image
+    file is) as a ``(1, C, H, W)`` batch."""
+    if isinstance(image, Image.Image):
+        return pil_pixels(image, mode=mode, where=where)[None]
+    t = torch.from_numpy(np.asarray(image)) if isinstance(image, np.ndarray) else image
+    if not isinstance(t, torch.Tensor):
+        raise DataError(f"{where}'s image must be a (C, H, W) tensor or a PIL image; got a {type(image).__name__}")
+    if t.ndim != 3:
+        raise DataError(f"{where}'s image must be one image (C, H, W); got shape {tuple(t.shape)}")
+    return t[None]
+
+
+def _scalar_label(label: object, where: str) -> object:
+    """One item's label: an integer class index or a class name."""
+    if isinstance(label, (torch.Tensor, np.ndarray)):
+        if (label.numel() if isinstance(label, torch.Tensor) else label.size) != 1:
+            raise DataError(f"{where}'s label must be one class index; got shape {tuple(label.shape)}")
+        label = label.item()
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer, str)):
+        hint = " (convert with int() if it is a whole number)" if isinstance(label, float) else ""
+        raise DataError(f"{where}'s label must be an integer class index (or a class name); got {label!r}{hint}")
+    return label

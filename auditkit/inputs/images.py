@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import TYPE_CHECKING
 
-from PIL import Image
-from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch import Tensor
+    from torchvision.transforms.v2 import functional as TF
+else:
+    from auditkit._lazy import lazy
+
+    TF = lazy("torchvision.transforms.v2.functional")
 
 THUMBNAIL_MAX = 96
 

@@ -235,14 +235,24 @@ def select_output(out: Any, output: str | None) -> Tensor:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to audit: the wrapper, its spec, format and content hash."""
+    """A model ready to audit: the wrapper, its spec, format and content hash.
+
+    ``path`` is the model file, or ``None`` for an ``nn.Module`` handed over in memory
+    (:func:`wrap_module`, the Python API).
+    """
 
     model: AuditModel
     spec: ModelSpec
     format: str
     sha256: str
-    path: Path
+    path: Path | None
     class_source: str | None = None
+
+    def describe(self) -> tuple[str, str]:
+        """Where the model came from and its architecture, as the run manifest records them."""
+        if self.path is not None:
+            return str(self.path), self.spec.arch or "(stored in the file)"
+        return module_label(self.model.net), self.spec.arch or class_path(self.model.net)
 
 
 def file_sha256(path: Path) -> str:
@@ -480,6 +490,71 @@ def load_model(
         path=p,
         class_source=class_source,
     )
+
+
+IN_MEMORY_FORMAT = "in_memory"
+
+
+def wrap_module(net: nn.Module, spec: ModelSpec | None = None) -> LoadedModel:
+    """An ``nn.Module`` held in memory (the Python API) as a :class:`LoadedModel`.
+
+    ``spec`` carries the same settings as for a model file (``mean``/``std``, ``input_size``,
+    ``channels``, ``class_names``, ``output``, ``num_classes``, a ``weights`` preset); only ``arch``,
+    which builds the network of a weights-only file, does not apply. An :class:`AuditModel` (e.g.
+    ``load_model(...).model``) is unwrapped and keeps its spec, with ``spec``'s fields overriding it.
+    """
+    given = spec or ModelSpec()
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"model must be an nn.Module or a model file path, got {type(net).__name__}")
+    if given.arch is not None or given.arch_kwargs:
+        raise ConfigError(
+            "arch builds the network of a weights-only model file; an nn.Module passed in memory is already built: "
+            "drop arch"
+        )
+    base = ModelSpec()
+    if isinstance(net, AuditModel):
+        base, net = net.spec, net.net
+    overrides = {f.name: getattr(given, f.name) for f in dataclasses.fields(given) if f.name != "arch_kwargs"}
+    preset = apply_preset(base.merged(**overrides))
+    final = preset.spec
+    if not final.class_names:
+        class_source = None
+    elif given.class_names:
+        class_source = "--class-names"
+    else:
+        class_source = preset.class_source or "model spec (of the AuditModel passed in)"
+    return LoadedModel(
+        model=AuditModel(net, final),
+        spec=final,
+        format=IN_MEMORY_FORMAT,
+        sha256=module_sha256(net),
+        path=None,
+        class_source=class_source,
+    )
+
+
+def class_path(net: nn.Module) -> str:
+    """``auditkit.zoo.DigitsCNN``: the network's class, with its module."""
+    return f"{type(net).__module__}.{type(net).__qualname__}"
+
+
+def module_label(net: nn.Module) -> str:
+    """What the run manifest calls an ``nn.Module`` handed over in memory (its ``model_path``)."""
+    return f"in-memory nn.Module {class_path(net.net if isinstance(net, AuditModel) else net)}"
+
+
+def module_sha256(net: nn.Module) -> str:
+    """SHA-256 of a network's class and its state (every parameter and buffer, by name), so runs of
+    the same in-memory weights are recognised (resume, the run manifest)."""
+    digest = hashlib.sha256(class_path(net).encode())
+    for name, value in sorted(net.state_dict().items()):
+        if not isinstance(value, Tensor):  # a module's extra state
+            digest.update(f"\x1f{name}={value!r}".encode())
+            continue
+        digest.update(f"\x1f{name}:{value.dtype}:{tuple(value.shape)}\x1f".encode())
+        raw = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(raw.view(torch.uint8).numpy().tobytes() if raw.numel() else b"")
+    return digest.hexdigest()
 
 
 def _model_file(p: Path) -> Path:

@@ -11,7 +11,9 @@ parameter-free attacks", ICML 2020 (arXiv:2003.01690), Section 3 / Algorithm 1:
 - each step is a projected gradient step followed by momentum ``alpha = 0.75`` (none on the first step);
   the L2 version normalises the gradient by its L2 norm, as in the authors' code;
 - losses: cross-entropy, the Difference of Logits Ratio (DLR) and its targeted version (APGD-T), whose
-  targets are, in turn, the 2nd, 3rd, ... ``n_targets + 1``-th largest clean logits.
+  targets are, in turn, the 2nd, 3rd, ... ``n_targets + 1``-th largest clean logits; beside the paper's,
+  the logit margin ``max_{i != y} z_i - z_y`` (Carlini & Wagner's loss). A targeted run may also be given
+  one target per sample; targeted CE is ``-CE(z, t)`` and the targeted margin ``z_t - max_{i != t} z_i``.
 
 A sample is done as soon as it is misclassified (it keeps that image). Restarts start at a random point
 of the ball's boundary and only attack samples not broken yet. ``success`` is always the untargeted
@@ -20,27 +22,35 @@ criterion (misclassified), for APGD-T too, as in AutoAttack.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
+from typing import TYPE_CHECKING, Literal
 
 from auditkit.exceptions import ConfigError, NonFiniteOutputError
-from auditkit.ops.attacks import NORMS, Norm, ascent, project
+from auditkit.ops.attacks import NORMS, Norm, Progress, ascent, part, project
 
-Loss = Literal["ce", "dlr"]
-LOSSES: tuple[str, ...] = ("ce", "dlr")
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+    from torch.nn import functional as F
+else:
+    from auditkit._lazy import lazy
+
+    torch = lazy("torch")
+    F = lazy("torch.nn.functional")
+
+Loss = Literal["ce", "dlr", "margin"]
+LOSSES: tuple[str, ...] = ("ce", "dlr", "margin")
 MOMENTUM = 0.75
 _TINY = 1e-12
 
 
 @dataclass(frozen=True, kw_only=True)
 class APGD:
-    """Auto-PGD (Croce & Hein 2020). ``targeted`` is APGD-T: targeted DLR over ``n_targets`` classes.
+    """Auto-PGD (Croce & Hein 2020). ``targeted`` with the DLR loss is APGD-T.
 
-    ``n_targets`` is capped at the number of classes minus one.
+    A targeted attack given no ``target`` attacks, in turn, the ``n_targets`` classes with the largest
+    clean logits after the top one (capped at the number of classes minus one).
     """
 
     norm: Norm = "linf"
@@ -62,13 +72,14 @@ class APGD:
             )
         if not 0.0 < self.rho <= 1.0:
             raise ConfigError(f"rho must be in (0, 1], got {self.rho}")
-        if self.targeted and self.loss != "dlr":
-            raise ConfigError("targeted APGD (APGD-T) uses the targeted DLR loss: set loss='dlr'")
 
     @property
     def name(self) -> str:
         norm = "Linf" if self.norm == "linf" else "L2"
-        kind = "APGD-T" if self.targeted else f"APGD-{self.loss.upper()}"
+        if self.targeted:
+            kind = "APGD-T" if self.loss == "dlr" else f"APGD-{self.loss.upper()} targeted"
+        else:
+            kind = f"APGD-{self.loss.upper()}"
         extra = f" ({self.n_targets} targets)" if self.targeted else ""
         extra += f" x{self.restarts} restarts" if self.restarts > 1 else ""
         return f"{kind} {norm}{extra}"
@@ -81,8 +92,12 @@ class APGD:
         eps: float,
         *,
         generator: torch.Generator | None = None,
+        target: Tensor | None = None,
+        progress: Progress | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Attack a batch. ``x``: ``(B, C, H, W)`` in ``[0, 1]``; ``y``: ``(B,)`` labels.
+        """Attack a batch. ``x``: ``(B, C, H, W)`` in ``[0, 1]``; ``y``: ``(B,)`` labels; ``target``:
+        ``(B,)`` one target class per sample, for a targeted attack (default: the top ``n_targets``);
+        ``progress`` is told the share of the steps done.
 
         Returns ``(x_adv, success)``: images ``(B, C, H, W)`` within ``eps`` of ``x`` and in ``[0, 1]``,
         and ``(B,)`` bool, misclassified. Random starts are drawn on the CPU from ``generator``.
@@ -94,28 +109,35 @@ class APGD:
             with torch.no_grad():
                 clean = _finite(model(x), "clean inputs")
             self._check_classes(clean.shape[1])
+            if target is not None and not self.targeted:
+                raise ConfigError("a target was given to an untargeted APGD; set targeted=True")
             best = x.clone()
             success = clean.argmax(dim=1) != y
             if eps <= 0:
                 return best, success
             order = clean.float().argsort(dim=1, descending=True)
             n_targets = min(self.n_targets, clean.shape[1] - 1)
-            targets = [order[:, k] for k in range(1, n_targets + 1)] if self.targeted else [None]
-            for target in targets:
-                for _ in range(self.restarts):
-                    idx = torch.nonzero(~success).flatten()
-                    if len(idx) == 0:
-                        return best, success
-                    tgt = None if target is None else target[idx]
-                    adv, hit = self._run(model, x[idx], y[idx], tgt, eps, generator)
-                    best[idx[hit]] = adv[hit]
-                    success[idx[hit]] = True
+            if not self.targeted:
+                targets: list[Tensor | None] = [None]
+            elif target is not None:
+                targets = [target.to(x.device)]
+            else:
+                targets = [order[:, k] for k in range(1, n_targets + 1)]
+            runs = len(targets) * self.restarts
+            for r, (goal, _) in enumerate(itertools.product(targets, range(self.restarts))):
+                idx = torch.nonzero(~success).flatten()
+                if len(idx) == 0:
+                    return best, success
+                tgt = None if goal is None else goal[idx]
+                adv, hit = self._run(model, x[idx], y[idx], tgt, eps, generator, part(progress, r / runs, 1 / runs))
+                best[idx[hit]] = adv[hit]
+                success[idx[hit]] = True
         return best, success
 
     def _check_classes(self, n_classes: int) -> None:
         if self.loss == "dlr" and n_classes < 3:
             raise ConfigError(f"the DLR loss needs at least 3 classes, the model has {n_classes}")
-        if self.targeted and n_classes < 4:
+        if self.targeted and self.loss == "dlr" and n_classes < 4:
             raise ConfigError(f"the targeted DLR loss (APGD-T) needs at least 4 classes, the model has {n_classes}")
 
     def _run(
@@ -126,6 +148,7 @@ class APGD:
         target: Tensor | None,
         eps: float,
         generator: torch.Generator | None,
+        progress: Progress | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One APGD run from a random start on clean ``x`` ``(n, C, H, W)``, labels ``y`` ``(n,)``.
 
@@ -146,6 +169,8 @@ class APGD:
         check_loss, reduced = loss.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
         last_check = 0
         for i in range(self.steps + 1):
+            if progress is not None:
+                progress(i / (self.steps + 1))
             if i > 0:  # step i: x^(i) from x^(i-1), then the loss and gradient at x^(i)
                 with torch.no_grad():
                     alpha = MOMENTUM if i > 1 else 1.0
@@ -189,12 +214,7 @@ class APGD:
         xa = xa.detach().requires_grad_(True)
         logits = _finite(model(xa), "perturbed inputs")
         z = logits.float()
-        if self.loss == "ce":
-            loss = F.cross_entropy(z, y, reduction="none")
-        elif target is None:
-            loss = dlr_loss(z, y)
-        else:
-            loss = targeted_dlr_loss(z, y, target)
+        loss = loss_values(self.loss, z, y, target)
         (grad,) = torch.autograd.grad(loss.sum(), xa)
         return logits.detach(), loss.detach(), grad.detach()
 
@@ -222,6 +242,25 @@ def checkpoint_steps(steps: int) -> list[int]:
             out.append(w)
         prev, cur = cur, cur + max(cur - prev - 3, 6)
     return out
+
+
+def loss_values(loss: Loss, logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
+    """The per-sample loss APGD ascends, ``(n,)``, for logits ``(n, K)``, labels ``y`` and, when
+    targeted, ``target`` ``(n,)``: higher means closer to misclassifying (or to the target)."""
+    if target is None:
+        if loss == "ce":
+            return F.cross_entropy(logits, y, reduction="none")
+        return dlr_loss(logits, y) if loss == "dlr" else margin_loss(logits, y)
+    if loss == "ce":
+        return -F.cross_entropy(logits, target, reduction="none")
+    return targeted_dlr_loss(logits, y, target) if loss == "dlr" else -margin_loss(logits, target)
+
+
+def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """The logit margin ``max_{i != y} z_i - z_y`` for logits ``(n, K)``; returns ``(n,)`` (positive: wrong)."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return others.amax(dim=1) - z_y
 
 
 def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
@@ -252,31 +291,37 @@ def standard_attack(
     n_targets: int = 9,
     restarts: int = 1,
     num_classes: int | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Tensor, Tensor]:
     """APGD-CE (``restarts`` random starts), then APGD-T on the samples it did not break: AutoAttack's
     "standard" without FAB and Square. APGD-T needs 4 classes; below that only APGD-CE runs.
 
     ``x``: ``(B, C, H, W)`` in ``[0, 1]``; ``y``: ``(B,)``. Returns ``(x_adv, success)``, ``(B, C, H, W)``
-    and ``(B,)`` bool (misclassified). ``num_classes`` saves a forward pass when known.
+    and ``(B,)`` bool (misclassified). ``num_classes`` saves a forward pass when known. ``progress`` is told
+    the share of the work done (APGD-CE's runs and APGD-T's targets weighted alike).
     """
-    best, success = APGD(norm=norm, loss="ce", steps=steps, restarts=restarts)(model, x, y, eps, generator=generator)
+    k = num_classes if num_classes is not None else int(model(x[:1]).shape[1])
+    targets = min(n_targets, k - 1) if k >= 4 else 0
+    ce_share = restarts / (restarts + targets)
+    ce = APGD(norm=norm, loss="ce", steps=steps, restarts=restarts)
+    best, success = ce(model, x, y, eps, generator=generator, progress=part(progress, 0.0, ce_share))
     idx = torch.nonzero(~success).flatten()
-    if len(idx) and eps > 0:
-        k = num_classes if num_classes is not None else int(model(x[:1]).shape[1])
-        if k >= 4:
-            attack = APGD(norm=norm, loss="dlr", targeted=True, steps=steps, n_targets=min(n_targets, k - 1))
-            adv, hit = attack(model, x[idx], y[idx], eps, generator=generator)
-            best[idx[hit]] = adv[hit]
-            success[idx[hit]] = True
+    if len(idx) and eps > 0 and targets:
+        attack = APGD(norm=norm, loss="dlr", targeted=True, steps=steps, n_targets=targets)
+        later = part(progress, ce_share, 1 - ce_share)
+        adv, hit = attack(model, x[idx], y[idx], eps, generator=generator, progress=later)
+        best[idx[hit]] = adv[hit]
+        success[idx[hit]] = True
     return best, success
 
 
-def _finite(logits: Tensor, what: str) -> Tensor:
+def _finite(logits: Tensor, what: str, attack: str = "APGD") -> Tensor:
+    """``logits`` unchanged, or :class:`NonFiniteOutputError` naming ``attack`` and how many rows are bad."""
     bad = ~torch.isfinite(logits.detach())
     if bool(bad.any()):
         rows = int(bad.any(dim=1).sum())
         raise NonFiniteOutputError(
-            f"APGD: the model returned NaN or infinite logits on {rows} of {logits.shape[0]} {what}"
+            f"{attack}: the model returned NaN or infinite logits on {rows} of {logits.shape[0]} {what}"
         )
     return logits
 

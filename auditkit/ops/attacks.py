@@ -8,17 +8,33 @@ per-sample worst case.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
+from typing import TYPE_CHECKING, Literal
 
 from auditkit.exceptions import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+    from torch.nn import functional as F
+else:
+    from auditkit._lazy import lazy
+
+    torch = lazy("torch")
+    F = lazy("torch.nn.functional")
+
 Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")
+#: called with the cumulative fraction (0 to 1) of an attack's work done on a batch (``Batch.report``)
+Progress = Callable[[float], None]
+
+
+def part(progress: Progress | None, start: float, width: float) -> Progress | None:
+    """``progress`` for a sub-task that covers ``[start, start + width]`` of the whole."""
+    if progress is None:
+        return None
+    return lambda done: progress(start + width * done)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
-
-import numpy as np
-from numpy.typing import ArrayLike, NDArray
-from scipy import stats
-from scipy.stats import binomtest
-from sklearn.metrics import confusion_matrix
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from auditkit.results import Interval
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import ArrayLike, NDArray
+    from scipy import stats
+    from torch import Tensor
+else:
+    from auditkit._lazy import lazy
+
+    np = lazy("numpy")
+    stats = lazy("scipy.stats")
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interval:
@@ -19,6 +24,8 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interva
 
     With ``n == 0`` the proportion is undefined and every field is ``nan``.
     """
+    from scipy.stats import binomtest
+
     if n == 0:
         return Interval(math.nan, math.nan, math.nan, 0, confidence)
     ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
@@ -38,6 +45,8 @@ class ConfusionAccumulator:
 
     def update(self, y_true: ArrayLike, y_pred: ArrayLike) -> None:
         """Add a batch; ``y_true`` and ``y_pred`` are integer labels of shape ``(B,)``."""
+        from sklearn.metrics import confusion_matrix
+
         t = np.asarray(y_true).ravel()
         if t.size == 0:
             return

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import Tensor
-from torch.nn import functional as F
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+    from torch.nn import functional as F
+else:
+    from auditkit._lazy import lazy
+
+    torch = lazy("torch")
+    F = lazy("torch.nn.functional")
 
 Interpolation = Literal["bilinear", "nearest"]
 Fill = Literal["zeros", "border", "reflection"]

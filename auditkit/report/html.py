@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from auditkit.io import atomic_write_text
-from auditkit.results import CheckResult, RunResults, pct
+from auditkit.results import SEVERITIES, CheckResult, RunResults, pct, points
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 
@@ -28,16 +31,57 @@ def headline(check: CheckResult) -> str:
     return check.headline()
 
 
-def comparison_rows(results: RunResults, baseline: RunResults) -> list[tuple[str, float, float, float]]:
-    """``(metric, baseline, now, delta)`` for the headline metrics both runs have (no per-class or
-    per-angle detail, no interval bounds)."""
+def _natural(name: str) -> list[Any]:
+    """Sort key: by check, then numbers by value (``eps=0`` before ``eps=0.1`` before ``eps=1``)."""
+    return [
+        float(t) if re.fullmatch(r"-?\d+(\.\d+)?(e-?\d+)?", t) else t
+        for t in re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", name)
+    ]
+
+
+def comparison_rows(results: RunResults, baseline: RunResults) -> list[dict[str, str]]:
+    """One row per headline metric both runs have (no per-class or per-angle detail, no interval
+    bounds), sorted by check then naturally: before, after and change as people read them
+    (fractions in %, changes in points), ``tone`` good/bad by the metric's direction, and ``n/a``
+    with the reason where a value is undefined."""
+    directions = {m.name: m for c in results.checks for m in c.metric_records()}
     rows = []
-    for name in sorted(set(results.metrics) & set(baseline.metrics)):
+    for name in sorted(set(results.metrics) & set(baseline.metrics), key=_natural):
         if name.endswith((".ci_low", ".ci_high")) or "class=" in name or "rotation.accuracy[angle=" in name:
             continue
         old, new = baseline.metrics[name], results.metrics[name]
-        rows.append((name, old, new, new - old))
+        metric = directions.get(name)
+        fraction = metric is not None and metric.unit == "fraction"
+        show = (lambda v: pct(v)) if fraction else (lambda v: "n/a" if math.isnan(v) else f"{v:.4g}")
+        row = {"name": name, "old": show(old), "new": show(new), "change": "n/a", "tone": "", "reason": ""}
+        if math.isnan(old) or math.isnan(new):
+            row["reason"] = f"undefined in the {'baseline' if math.isnan(old) else 'this'} run (too few images)"
+        else:
+            delta = new - old
+            row["change"] = f"{'+' if delta >= 0 else '−'}{points(abs(delta))}" if fraction else f"{delta:+.4g}"
+            direction = metric.direction if metric is not None else "none"
+            better = delta > 0 if direction == "higher" else delta < 0 if direction == "lower" else None
+            if delta != 0 and better is not None:
+                row["tone"] = "good" if better else "bad"
+        rows.append(row)
     return rows
+
+
+def summary(results: RunResults) -> dict[str, Any]:
+    """What the report's first screen shows: the gate (if any), one tile per check with its worst
+    finding's severity and its headline, the findings ranked by severity, and their counts."""
+    findings = results.findings()
+    tiles = []
+    for check in sorted(results.checks, key=lambda c: c.order):
+        if check.kind == "gate":
+            continue
+        mine = [f.severity for f in findings if f.anchor == check.anchor]
+        worst = min(mine, key=SEVERITIES.index) if mine else "info"
+        tiles.append({"severity": worst, "anchor": check.anchor, "title": check.title, "headline": check.headline()})
+    counts = {sev: sum(f.severity == sev for f in findings) for sev in SEVERITIES}
+    overall = "fail" if counts["fail"] else "warn" if counts["warn"] else "pass"
+    gate = next((c for c in results.checks if c.kind == "gate"), None)
+    return {"gate": gate, "tiles": tiles, "findings": findings, "counts": counts, "overall": overall}
 
 
 def render_report(results: RunResults, baseline: RunResults | None = None) -> str:
@@ -67,6 +111,7 @@ def render_report(results: RunResults, baseline: RunResults | None = None) -> st
         csp=CSP,
         baseline=baseline,
         comparison=comparison_rows(results, baseline) if baseline is not None else [],
+        **summary(results),
     )
 
 

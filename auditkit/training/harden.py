@@ -14,12 +14,11 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from auditkit.audit import load_inputs, make_engine, raise_for_failures, run_audit, write_outputs
 from auditkit.checks.attack import AttackResult, AttackSettings
 from auditkit.checks.harden import HardenResult
 from auditkit.checks.rotation import RotationResult, RotationSettings
@@ -28,8 +27,9 @@ from auditkit.exceptions import ConfigError
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.models import save_model
 from auditkit.io import atomic_write_bytes
+from auditkit.pipeline import load_inputs, make_engine, raise_for_failures, run_audit, write_outputs
 from auditkit.results import RunResults, collect_metrics, fmt
-from auditkit.settings import Settings, setting
+from auditkit.settings import HardenSettings
 from auditkit.training.train import EpochLog, TrainConfig, TrainResult, fingerprint, fit
 
 #: metrics compared before vs after (prefixes); interval bounds and per-class detail are left out
@@ -43,66 +43,6 @@ DELTA_PREFIXES = (
     "subgroups.accuracy_gap",
     "subgroups.robust_accuracy",
 )
-
-
-class HardenSettings(Settings):
-    """How ``auditkit harden`` trains and evaluates (its own CLI options)."""
-
-    section: ClassVar[str] = "harden"
-
-    eval_data: str | None = setting(
-        None, "Data for the before/after audit. [default: a held-out split of DATA, written to OUT/eval.npz]"
-    )
-    method: Literal["pgd", "fgsm", "trades", "standard"] = setting(
-        "pgd", "pgd (Madry et al.), fgsm (fast FGSM, Wong et al.), trades, or standard."
-    )
-    eps: float = setting(8 / 255, "Training epsilon in [0,1] pixel units (Linf 8/255 = 0.0314).", ge=0)
-    train_norm: Literal["linf", "l2"] = setting("linf", "linf or l2.", flag="--norm")
-    attack_steps: int = setting(7, "PGD/TRADES steps during training.", ge=1)
-    trades_beta: float = setting(6.0, "TRADES robustness weight beta.", ge=0)
-    rotate: float = setting(
-        0.0, "Random rotations within +/- this many degrees (0 = off); combines with --method.", ge=0, le=180
-    )
-    epochs: int = setting(10, "Training epochs.", ge=1)
-    lr: float = setting(1e-3, "Peak learning rate of the one-cycle schedule (AdamW).", gt=0)
-    weight_decay: float = setting(1e-4, "AdamW weight decay.", ge=0)
-    train_batch_size: int = setting(64, "Training batch size.", ge=1)
-    fresh: bool = setting(
-        False, "Train from a fresh initialisation, not the given weights.", flag="--fresh/--fine-tune"
-    )
-    resume_training: bool = setting(
-        False, "Continue an interrupted run from OUT/checkpoint.pt (same settings).", flag="--resume"
-    )
-    val_fraction: float = setting(0.1, "Share of DATA held out for validation.", gt=0, le=0.5)
-    eval_fraction: float = setting(0.2, "Share of DATA held out to audit (no --eval-data).", gt=0, le=0.5)
-    eval_steps: int | None = setting(
-        None, "Steps of the evaluation attack. [default: fast max(20, 2 x --attack-steps); standard 100]", ge=1
-    )
-
-    def config(self, audit: AuditConfig) -> HardenConfig:
-        """The run's configuration with ``audit`` holding the model, data, engine and audit settings."""
-        train = TrainConfig(
-            method=self.method,
-            eps=self.eps,
-            norm=self.train_norm,
-            attack_steps=self.attack_steps,
-            trades_beta=self.trades_beta,
-            rotate=self.rotate,
-            epochs=self.epochs,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-        )
-        return HardenConfig(
-            audit=audit,
-            train=train,
-            eval_data=self.eval_data,
-            batch_size=self.train_batch_size,
-            fresh=self.fresh,
-            resume=self.resume_training,
-            val_fraction=self.val_fraction,
-            eval_fraction=self.eval_fraction,
-            eval_steps=self.eval_steps,
-        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +76,33 @@ class HardenConfig:
         """PGD steps of the evaluation attack under ``--strength fast``: at least 20 and twice the training
         attack's (``standard`` and ``thorough`` run APGD with their own 100 steps unless ``--eval-steps``)."""
         return self.eval_steps or max(20, 2 * self.train.attack_steps)
+
+
+def harden_config(settings: HardenSettings, audit: AuditConfig) -> HardenConfig:
+    """The run's configuration from ``auditkit harden``'s own settings, with ``audit`` holding the model,
+    data, engine and audit settings."""
+    train = TrainConfig(
+        method=settings.method,
+        eps=settings.eps,
+        norm=settings.train_norm,
+        attack_steps=settings.attack_steps,
+        trades_beta=settings.trades_beta,
+        rotate=settings.rotate,
+        epochs=settings.epochs,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+    )
+    return HardenConfig(
+        audit=audit,
+        train=train,
+        eval_data=settings.eval_data,
+        batch_size=settings.train_batch_size,
+        fresh=settings.fresh,
+        resume=settings.resume_training,
+        val_fraction=settings.val_fraction,
+        eval_fraction=settings.eval_fraction,
+        eval_steps=settings.eval_steps,
+    )
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
+from typing import TYPE_CHECKING, Any
 
 from auditkit.engine.loop import Batch, Engine, eval_mode
 from auditkit.exceptions import ConfigError, DataError
@@ -28,6 +24,16 @@ from auditkit.inputs.data import ImageDataset
 from auditkit.io import atomic_write_bytes
 from auditkit.ops.attacks import NORMS, PGD, Norm, ascent, project
 from auditkit.ops.perturb import Affine, rotations
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+    from torch.nn import functional as F
+else:
+    from auditkit._lazy import lazy
+
+    torch = lazy("torch")
+    F = lazy("torch.nn.functional")
 
 METHODS: tuple[str, ...] = ("standard", "pgd", "fgsm", "trades")
 ADVERSARIAL: tuple[str, ...] = ("pgd", "fgsm", "trades")
@@ -166,36 +172,41 @@ def fit(
         logs, best = _restore(checkpoint, key, model, opt, sched, gen)
     resumed_from = start = len(logs)
     overfit: int | None = None
-    for epoch in range(start, cfg.epochs):
-        perm = torch.randperm(len(data), generator=gen)
-        shuffled = dataclasses.replace(data, images=data.images[perm], labels=data.labels[perm], metadata={}, ids=())
-        step = _step(model, cfg, opt, sched, gen)
-        totals = [0.0, 0, 0]
-        desc = f"epoch {epoch + 1}/{cfg.epochs} ({cfg.label})"
-        for loss_sum, correct, n in engine.map(step, shuffled, description=desc, grad=True):
-            totals[0] += loss_sum
-            totals[1] += correct
-            totals[2] += n
-        model.eval()
-        log = EpochLog(
-            epoch=epoch + 1,
-            loss=totals[0] / totals[2],
-            accuracy=totals[1] / totals[2],
-            lr=float(opt.param_groups[0]["lr"]),
-            **(_validate(model, val, cfg, engine) if val is not None and len(val) else {}),
-        )
-        logs.append(log)
-        score = log.val_pgd if cfg.adversarial else log.val_clean
-        if not math.isnan(score) and (best is None or score > best[0]):
-            best = (score, log.epoch, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        if cfg.method == "fgsm" and catastrophic_overfitting(logs, cfg.overfit_drop):
-            overfit = log.epoch
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, opt, sched, gen, logs, best, key)
-        if on_epoch is not None:
-            on_epoch(log)
-        if overfit is not None:
-            break
+    # one bar over every epoch still to run, counting the images trained on; validation has its own
+    with engine.task(f"training ({cfg.label})", (cfg.epochs - start) * len(data)) as bar:
+        for epoch in range(start, cfg.epochs):
+            perm = torch.randperm(len(data), generator=gen)
+            shuffled = dataclasses.replace(
+                data, images=data.images[perm], labels=data.labels[perm], metadata={}, ids=()
+            )
+            step = _step(model, cfg, opt, sched, gen)
+            totals = [0.0, 0, 0]
+            desc = f"epoch {epoch + 1}/{cfg.epochs} ({cfg.label})"
+            bar.describe(f"training {desc}")
+            for loss_sum, correct, n in engine.map(step, shuffled, description=desc, grad=True, task=bar):
+                totals[0] += loss_sum
+                totals[1] += correct
+                totals[2] += n
+            model.eval()
+            log = EpochLog(
+                epoch=epoch + 1,
+                loss=totals[0] / totals[2],
+                accuracy=totals[1] / totals[2],
+                lr=float(opt.param_groups[0]["lr"]),
+                **(_validate(model, val, cfg, engine) if val is not None and len(val) else {}),
+            )
+            logs.append(log)
+            score = log.val_pgd if cfg.adversarial else log.val_clean
+            if not math.isnan(score) and (best is None or score > best[0]):
+                best = (score, log.epoch, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            if cfg.method == "fgsm" and catastrophic_overfitting(logs, cfg.overfit_drop):
+                overfit = log.epoch
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, model, opt, sched, gen, logs, best, key)
+            if on_epoch is not None:
+                on_epoch(log)
+            if overfit is not None:
+                break
     kept = logs[-1].epoch if logs else 0
     if overfit is not None and best is not None:
         model.load_state_dict(best[2])

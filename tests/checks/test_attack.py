@@ -290,11 +290,76 @@ def test_foolbox_bridge_records_the_attacks_own_norm_and_takes_validated_argumen
         AdversarialAttack(attack_args="steps=3")
     data = sample.take(torch.arange(40))
     check = AdversarialAttack(
-        attack="foolbox:L2PGD", norm="l2", attack_args="steps=3, rel_stepsize=0.5", epsilons=(0.0, 1.0), examples=0
+        attack="foolbox:L2PGD", norm="l2", attack_args="steps=1, rel_stepsize=0.01", epsilons=(0.0, 1.0), examples=0
     )
     result = check.run(demo_model.model, data, engine=engine())
     assert isinstance(result, AttackResult)
-    assert result.norm == "l2" and result.attack == "foolbox:L2PGD(steps=3, rel_stepsize=0.5)"
-    # the arguments reach the attack: three steps break fewer images than fifty
+    assert result.norm == "l2" and result.attack == "foolbox:L2PGD(steps=1, rel_stepsize=0.01)"
+    # the arguments reach the attack: one step of 1% of eps breaks fewer images than fifty default steps
     strong = AdversarialAttack(attack="foolbox:L2PGD", norm="l2", epsilons=(0.0, 1.0), examples=0, sanity_samples=0)
-    assert strong.run(demo_model.model, data, engine=engine()).curve[-1].robust.value <= result.curve[-1].robust.value  # type: ignore[attr-defined]
+    assert strong.run(demo_model.model, data, engine=engine()).curve[-1].robust.value < result.curve[-1].robust.value  # type: ignore[attr-defined]
+
+
+def test_loss_and_target_make_a_custom_run_and_are_refused_with_other_strengths() -> None:
+    from auditkit.checks.attack import AttackSettings
+
+    assert AttackSettings(loss="margin", target="random").loss == "margin"
+    for bad in ({"strength": "fast"}, {"strength": "thorough"}, {"attack": "fgsm"}):
+        with pytest.raises(ValueError, match="--loss"):
+            AttackSettings(loss="dlr", **bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="loss must be one of ce, dlr, margin, got 'hinge'"):
+        AdversarialAttack(loss="hinge")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="target must be one of next, random, least-likely, top-k"):
+        AdversarialAttack(target="worst")  # type: ignore[arg-type]
+    assert AdversarialAttack(target="top-k").attack_name(10) == "APGD-T Linf top 9 (100 steps)"
+    assert AdversarialAttack(loss="margin").attack_name(10) == "APGD-MARGIN Linf (100 steps)"
+
+
+def test_custom_runs_break_images_and_a_targeted_one_breaks_no_more_than_the_untargeted(
+    demo_model: LoadedModel, sample: ImageDataset
+) -> None:
+    """A run aimed at each image's least likely class is a weaker attack than the untargeted run on the
+    same loss; both break images, and the results say they are custom runs."""
+    data = sample.take(torch.arange(60))
+    results = {}
+    for target in (None, "least-likely", "random"):
+        check = AdversarialAttack(loss="margin", target=target, steps=10, epsilons=(0.0, 0.05), sanity_samples=20)  # type: ignore[arg-type]
+        result = check.run(demo_model.model, data, engine=engine())
+        assert isinstance(result, AttackResult) and result.strength == "custom"
+        assert result.targeted == (target is not None)
+        results[target] = result.curve[-1].robust.value
+    assert results[None] < results["least-likely"] - 0.05, results
+    assert results[None] <= results["random"] < 1.0 and results["least-likely"] < 1.0, results
+
+
+def test_thorough_runs_square_alone_on_a_model_without_gradients(demo_model: LoadedModel, sample: ImageDataset) -> None:
+    """Gradient attacks report nothing on a hard-threshold model; thorough's Square attack still draws a
+    curve, and breaks images there, and the findings say the curve is Square's alone."""
+    from auditkit.results import Conditions
+
+    model = _HardThreshold(demo_model.model).eval()
+    data = sample.take(torch.arange(40))
+    check = AdversarialAttack(strength="thorough", epsilons=(0.0, 0.3), sanity_samples=20, square_queries=200)
+    result = check.run(model, data, engine=engine())
+    assert isinstance(result, AttackResult) and len(result.curve) == 2
+    assert result.attack == "Square Linf (200 queries; no gradient signal for APGD)"
+    assert result.curve[-1].robust.value < result.curve[0].robust.value - 0.1
+    assert not _soundness(result)["gradient_signal"]
+    texts = [f.text for f in result.findings(Conditions())]
+    assert any("Square attack alone" in t for t in texts)
+    assert not any("may be wrong" in t for t in texts)
+
+
+def test_thorough_adds_restarts_and_square_and_breaks_at_least_what_standard_breaks(
+    demo_model: LoadedModel, sample: ImageDataset
+) -> None:
+    data = sample.take(torch.arange(60))
+    kwargs = {"epsilons": (0.0, 0.05), "steps": 10, "sanity_samples": 20, "examples": 0}
+    standard = AdversarialAttack(strength="standard", **kwargs).run(demo_model.model, data, engine=engine())  # type: ignore[arg-type]
+    thorough = AdversarialAttack(strength="thorough", square_queries=300, **kwargs).run(  # type: ignore[arg-type]
+        demo_model.model, data, engine=engine()
+    )
+    assert isinstance(standard, AttackResult) and isinstance(thorough, AttackResult)
+    assert thorough.strength == "thorough" and thorough.restarts == 5
+    assert thorough.attack == "APGD-CE + APGD-T + Square Linf (10 steps, 9 targets, 5 restarts; Square, 300 queries)"
+    assert thorough.curve[-1].robust.value <= standard.curve[-1].robust.value + 1 / 60

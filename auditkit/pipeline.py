@@ -9,10 +9,12 @@ import dataclasses
 import datetime as _dt
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torchvision
+from torch import nn
 
 from auditkit import __version__, registry
 from auditkit.checks.base import Check, CheckFailure
@@ -21,10 +23,9 @@ from auditkit.engine.distributed import World
 from auditkit.engine.loop import Engine, eval_mode
 from auditkit.engine.resume import BatchStore, run_key
 from auditkit.exceptions import AuditkitError, ConfigError, ModelError, NonFiniteOutputError, RunError
-from auditkit.inputs.data import INFERRED_SOURCE, ImageDataset, Preprocess, load_dataset
-from auditkit.inputs.models import LoadedModel, ModelSpec, load_model, probe_outputs
-from auditkit.io import atomic_write_files
-from auditkit.report.html import render_report
+from auditkit.inputs.data import INFERRED_SOURCE, ImageDataset, InMemoryData, Preprocess, load_dataset
+from auditkit.inputs.models import LoadedModel, ModelSpec, load_model, probe_outputs, wrap_module
+from auditkit.io import write_outputs as write_outputs  # the pair writer, re-exported (torch-free)
 from auditkit.results import RunManifest, RunResults, SampleOutcomes, collect_metrics
 
 
@@ -80,12 +81,29 @@ def preprocess_for(spec: ModelSpec) -> Preprocess:
     )
 
 
-def load_inputs(config: AuditConfig, engine: Engine) -> tuple[LoadedModel, ImageDataset, list[str]]:
-    """Load the model and the data, check the model's output convention on the first batch."""
-    loaded = load_model(config.model, spec=model_spec(config), trust=config.trust_model)
+@dataclass(frozen=True)
+class InMemory:
+    """A model and/or data the Python API (:func:`auditkit.api.audit`) holds in memory: they stand in for
+    the files ``config.model``/``config.data`` name, and go through the same settings and checks."""
+
+    model: nn.Module | None = None
+    data: InMemoryData | None = None
+
+
+def load_inputs(
+    config: AuditConfig, engine: Engine, given: InMemory | None = None
+) -> tuple[LoadedModel, ImageDataset, list[str]]:
+    """Load the model and the data (or take ``given`` ones), check the model's output convention on
+    the first batch."""
+    given = given or InMemory()
+    spec = model_spec(config)
+    if given.model is not None:
+        loaded = wrap_module(given.model, spec)
+    else:
+        loaded = load_model(config.model, spec=spec, trust=config.trust_model)
     s = loaded.spec
     data = load_dataset(
-        config.data,
+        given.data if given.data is not None else config.data,
         class_names=s.class_names,
         class_source=loaded.class_source or "--class-names",
         num_classes=s.num_classes,
@@ -175,19 +193,26 @@ def resume_key(config: AuditConfig, loaded: LoadedModel, data: ImageDataset, eng
     }
 
 
-def run_audit(config: AuditConfig, *, engine: Engine | None = None, save_batches: bool = False) -> RunResults:
+def run_audit(
+    config: AuditConfig,
+    *,
+    engine: Engine | None = None,
+    save_batches: bool = False,
+    given: InMemory | None = None,
+) -> RunResults:
     """Run the configured checks and return typed results.
 
     Nothing is written, except with ``save_batches``: then each finished batch is saved under
     ``config.out`` (see :mod:`auditkit.engine.resume`) and ``config.resume`` restores them; call
-    :func:`auditkit.engine.resume.discard` once the outputs are written.
+    :func:`auditkit.engine.resume.discard` once the outputs are written. ``given`` hands over a model
+    and/or data held in memory instead of the files ``config`` names.
     """
     engine = engine or make_engine(config)
     engine.seed_everything()
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     timings: list[tuple[str, float]] = []
     t0 = time.perf_counter()
-    loaded, data, warnings = load_inputs(config, engine)
+    loaded, data, warnings = load_inputs(config, engine, given)
     timings.append(("load", time.perf_counter() - t0))
     if save_batches or config.resume:
         describe = resume_key(config, loaded, data, engine)
@@ -225,6 +250,7 @@ def _run_checks(
         except Exception as exc:  # fail closed: recorded, reported, and the run exits 3
             results.append(CheckFailure(check=check.name, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}"))
         timings.append((check.name, time.perf_counter() - t))
+        engine.note(f"{results[-1].kind}: {results[-1].headline()}")  # replaces its bars (shown only with them)
     checks = tuple(results)
     manifest = RunManifest(
         auditkit_version=__version__,
@@ -235,10 +261,10 @@ def _run_checks(
         seed=config.seed,
         deterministic=config.deterministic,
         batch_size=config.batch_size,
-        model_path=str(loaded.path),
+        model_path=loaded.describe()[0],
         model_format=loaded.format,
         model_sha256=loaded.sha256,
-        model_arch=loaded.spec.arch or "(stored in the file)",
+        model_arch=loaded.describe()[1],
         data_path=data.source,
         data_format=data.format,
         data_sha256=data.sha256,
@@ -281,15 +307,3 @@ def raise_for_failures(results: RunResults) -> None:
     if failed:
         first = failed[0]
         raise RunError(f"check '{first.check}' crashed ({first.error[:200]}); the report records it")
-
-
-def write_outputs(results: RunResults, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``index.html`` into ``out_dir`` as a pair: both are rendered and
-    written to temporary files first, then renamed into place, so a failure (a full disk) leaves
-    the old pair untouched. Both carry the same run id."""
-    out = Path(out_dir)
-    html = render_report(results)
-    json_path, html_path = atomic_write_files(
-        [(out / "results.json", results.to_json().encode()), (out / "index.html", html.encode())]
-    )
-    return json_path, html_path
