@@ -54,6 +54,27 @@ def _channels(attr: Tensor) -> Tensor:
     return attr.detach().abs().sum(dim=1)
 
 
+MIN_CAM_SIZE = 4  # Grad-CAM layers below 4x4 give maps too coarse to read
+
+
+def _module(model: nn.Module, name: str) -> nn.Module | None:
+    return dict(model.named_modules()).get(name)
+
+
+def _output_size(model: nn.Module, layer: nn.Module | None, x: Tensor) -> tuple[int, int] | None:
+    """The spatial size ``(H', W')`` of ``layer``'s output on ``x`` ``(1, C, H, W)`` (``None``: not 4-D)."""
+    if layer is None:
+        return None
+    shapes: list[tuple[int, ...]] = []
+    hook = layer.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        hook.remove()
+    return (int(shapes[0][-2]), int(shapes[0][-1])) if shapes and len(shapes[0]) == 4 else None
+
+
 def _saliency(model: nn.Module, x: Tensor, t: Tensor, layer: nn.Module | None) -> Tensor:
     from captum.attr import Saliency
 
@@ -182,6 +203,8 @@ class SaliencyResult(CheckResult):
     threshold: float
     sanity: tuple[SanityResult, ...]
     examples: tuple[SaliencyExample, ...]
+    #: Grad-CAM's layer output ``(H', W')``: its maps are that coarse before upsampling (``None``: no Grad-CAM)
+    layer_size: tuple[int, int] | None = None
 
     title = "Saliency"
     template = "saliency.html.j2"
@@ -193,16 +216,28 @@ class SaliencyResult(CheckResult):
             f"; not trustworthy here: {', '.join(bad)}" if bad else ""
         )
 
+    def coarse_layer(self) -> str:
+        """A warning when Grad-CAM's layer is smaller than 4x4 (its maps are a few upsampled blocks), else ``""``."""
+        if self.layer_size is None or min(self.layer_size) >= MIN_CAM_SIZE:
+            return ""
+        h, w = self.layer_size
+        return (
+            f"Grad-CAM's layer '{self.layer}' is only {h}×{w}, so its maps are {h}×{w} blocks scaled up to the "
+            "image; choose an earlier convolutional layer with --layer."
+        )
+
     def findings(self, conditions: Conditions) -> tuple[Finding, ...]:
-        return tuple(
+        coarse = self.coarse_layer()
+        extra = (Finding("warn", coarse, "×".join(map(str, self.layer_size or ()))),) if coarse else ()
+        return extra + tuple(
             Finding(
                 "pass" if s.passed else "warn",
-                f"{s.method} maps change when the model's weights are randomised (correlation {s.final:.2f}): "
+                f"{s.method} maps change when the model's weights are randomised (correlation {s.final:.3f}): "
                 "they reflect what the model learned."
                 if s.passed
                 else f"{s.method} maps barely change when the model's weights are randomised (correlation "
-                f"{s.final:.2f}, threshold {self.threshold:g}): do not read them as explanations.",
-                f"{s.final:.2f}",
+                f"{s.final:.3f}, threshold {self.threshold:g}): do not read them as explanations.",
+                f"{s.final:.3f}",
                 f"saliency.randomization_spearman[method={s.method}]",
             )
             for s in self.sanity
@@ -360,6 +395,9 @@ class SaliencyMaps(Check):
             threshold=SANITY_THRESHOLD,
             sanity=tuple(sanity),
             examples=tuple(examples),
+            layer_size=_output_size(model, layer or _module(model, layer_name), engine.batch(data, 0, 1).x)
+            if layer_name and len(data)
+            else None,
         )
 
     def _select(self, logits: Tensor, pred: Tensor, label: Tensor) -> tuple[Tensor, list[str]]:

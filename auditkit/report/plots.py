@@ -98,7 +98,10 @@ def confusion_matrix(result: CleanResult) -> str:
                             fontsize=7,
                             color="white" if norm[i, j] > 0.5 else "#222",
                         )
-        ax.set_xticks(range(k), names, rotation=90 if k > 10 else 0)
+        upright = k <= 10 and max(map(len, names), default=0) <= 3  # short labels fit side by side
+        ax.set_xticks(
+            range(k), names, rotation=0 if upright else 45, ha="center" if upright else "right", rotation_mode="anchor"
+        )
         ax.set_yticks(range(k), names)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")

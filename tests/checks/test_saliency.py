@@ -94,6 +94,31 @@ def test_gradcam_finds_the_last_conv_of_a_resnet() -> None:
     assert maps.shape == (4, 32, 32) and bool(torch.isfinite(maps).all())
 
 
+def test_gradcam_warns_when_its_layer_is_smaller_than_4x4() -> None:
+    """ResNet-18 at 32x32: the auto-picked last conv is 1x1, so its maps are one block (warned, with
+    how to choose --layer); layer2 is 4x4 (no warning)."""
+    from auditkit.results import Conditions
+
+    torch.manual_seed(0)
+    model = AuditModel(torchvision.models.resnet18(num_classes=3).eval(), ModelSpec(input_size=(32, 32), channels=3))
+    data = ImageDataset(
+        images=(torch.rand(4, 3, 32, 32) * 255).to(torch.uint8),
+        labels=torch.tensor([0, 1, 2, 0]),
+        class_names=("a", "b", "c"),
+        metadata={},
+        ids=("0", "1", "2", "3"),
+        source="x",
+        format="npz",
+        sha256="0",
+    )
+    for layer, size, warned in ((None, (1, 1), True), ("net.layer2.0.conv1", (4, 4), False)):
+        check = SaliencyMaps(methods=("gradcam",), layer=layer, per_kind=1, sanity_samples=2)
+        result = check.run(model.eval(), data, engine=engine())
+        assert isinstance(result, SaliencyResult) and result.layer_size == size
+        coarse = [f for f in result.findings(Conditions()) if "--layer" in f.text]
+        assert bool(coarse) == warned and (not warned or coarse[0].severity == "warn")
+
+
 def test_relevance_mass_and_rank_correlation() -> None:
     maps = torch.zeros(2, 4, 4)
     maps[0, :2, :2] = 1.0

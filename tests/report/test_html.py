@@ -102,6 +102,9 @@ def test_opens_offline_in_chromium_with_the_verdict_first(demo_run: Path, width:
             box = page.locator(selector).first.bounding_box()
             assert box is not None and box["y"] + min(box["height"], 40) <= 900, (selector, box)
         assert page.locator(".verdict").inner_text().startswith("CI gate PASSED")
+        sizes = "Array.from(document.querySelectorAll('#saliency table.strip img')).map(i => i.width)"
+        assert min(page.evaluate(sizes)) >= 112  # saliency maps readable, with their colour scale
+        assert page.locator("#saliency .colorbar").count() == 1
         page.screenshot(path=str(ARTIFACTS / f"demo-report-{width}px-first-screen.png"))
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
