@@ -156,3 +156,32 @@ class NaNAfter(nn.Module):
         self.calls += 1
         out = self.inner(x)
         return out * float("nan") if self.calls >= self.first_bad else out
+
+
+def small_digits_cnn(n_images: int) -> tuple[nn.Module, Tensor, Tensor]:
+    """A narrow digits CNN trained for 4 epochs on the embedded digits (seeded), in eval mode, and the
+    first ``n_images`` test images ``(n, 1, 28, 28)`` in ``[0, 1]`` with their labels: the attack ops'
+    reference-test model."""
+    from torch.nn import functional as F
+
+    from auditkit.inputs.data import digits_split
+
+    split = digits_split(0)
+    xtr = torch.from_numpy(split["train"]["x"]).float() / 255
+    ytr = torch.from_numpy(split["train"]["y"])
+    torch.manual_seed(0)
+    net = digits_cnn(width=8)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        perm = torch.randperm(len(ytr), generator=gen)
+        for i in range(0, len(ytr), 64):
+            b = perm[i : i + 64]
+            opt.zero_grad()
+            F.cross_entropy(net(xtr[b]), ytr[b]).backward()
+            opt.step()
+    net.eval()
+    opt.zero_grad(set_to_none=True)
+    x = torch.from_numpy(split["test"]["x"][:n_images]).float() / 255
+    y = torch.from_numpy(split["test"]["y"][:n_images])
+    return net, x, y

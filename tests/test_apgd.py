@@ -12,7 +12,6 @@ from torch.nn import functional as F
 
 from auditkit.engine.loop import NonFiniteOutputError
 from auditkit.exceptions import ConfigError
-from auditkit.inputs.data import digits_split
 from auditkit.ops.apgd import (
     APGD,
     checkpoint_steps,
@@ -24,7 +23,7 @@ from auditkit.ops.apgd import (
 )
 from auditkit.ops.attacks import PGD, Norm
 from auditkit.zoo import digits_cnn
-from tests.conftest import NaNAfter
+from tests.conftest import NaNAfter, small_digits_cnn
 
 N_IMAGES = 100
 STEPS = 50
@@ -36,26 +35,7 @@ TA_NORM = {"linf": "Linf", "l2": "L2"}
 @pytest.fixture(scope="module")
 def data() -> tuple[nn.Module, Tensor, Tensor]:
     """A narrow digits CNN trained for 4 epochs on the embedded digits (seeded), and ``N_IMAGES`` test images."""
-    torch.set_num_threads(2)
-    split = digits_split(0)
-    xtr = torch.from_numpy(split["train"]["x"]).float() / 255
-    ytr = torch.from_numpy(split["train"]["y"])
-    torch.manual_seed(0)
-    net = digits_cnn(width=8)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        perm = torch.randperm(len(ytr), generator=gen)
-        for i in range(0, len(ytr), 64):
-            b = perm[i : i + 64]
-            opt.zero_grad()
-            F.cross_entropy(net(xtr[b]), ytr[b]).backward()
-            opt.step()
-    net.eval()
-    opt.zero_grad(set_to_none=True)
-    x = torch.from_numpy(split["test"]["x"][:N_IMAGES]).float() / 255
-    y = torch.from_numpy(split["test"]["y"][:N_IMAGES])
-    return net, x, y
+    return small_digits_cnn(N_IMAGES)
 
 
 @dataclass

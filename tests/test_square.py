@@ -13,11 +13,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from auditkit.exceptions import ConfigError, NonFiniteOutputError
-from auditkit.inputs.data import digits_split
 from auditkit.ops.attacks import Norm
 from auditkit.ops.square import Square, eta, margin_loss, p_schedule
-from auditkit.zoo import digits_cnn
-from tests.conftest import NaNAfter
+from tests.conftest import NaNAfter, small_digits_cnn
 
 N_IMAGES = 100
 QUERIES = 500  # torchattacks gets n_queries=QUERIES - 1: it queries the start point on top of n_queries steps
@@ -37,25 +35,8 @@ UPPER: dict[str, float] = {"linf": 0.02, "l2": 0.03}  # how much higher (weaker)
 def data() -> tuple[nn.Module, Tensor, Tensor]:
     """A narrow digits CNN trained for 4 epochs on the embedded digits (seeded), frozen (no parameter needs
     a gradient), and ``N_IMAGES`` test images."""
-    torch.set_num_threads(2)
-    split = digits_split(0)
-    xtr = torch.from_numpy(split["train"]["x"]).float() / 255
-    ytr = torch.from_numpy(split["train"]["y"])
-    torch.manual_seed(0)
-    net = digits_cnn(width=8)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        perm = torch.randperm(len(ytr), generator=gen)
-        for i in range(0, len(ytr), 64):
-            b = perm[i : i + 64]
-            opt.zero_grad()
-            F.cross_entropy(net(xtr[b]), ytr[b]).backward()
-            opt.step()
-    net.eval().requires_grad_(False)
-    x = torch.from_numpy(split["test"]["x"][:N_IMAGES]).float() / 255
-    y = torch.from_numpy(split["test"]["y"][:N_IMAGES])
-    return net, x, y
+    net, x, y = small_digits_cnn(N_IMAGES)
+    return net.requires_grad_(False), x, y
 
 
 @dataclass

@@ -74,12 +74,11 @@ def test_sanity_check_passes_gradients_and_fails_an_edge_detector(demo_model: Lo
     assert len(result.examples) == 3 and all(len(e.maps) == 2 for e in result.examples)
 
 
-def test_gradcam_finds_the_last_conv_of_a_resnet() -> None:
+def _resnet_on_noise() -> tuple[AuditModel, ImageDataset]:
+    """A seeded, untrained 3-class ResNet-18 for 32x32 RGB input and 4 noise images."""
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=3).eval()
     model = AuditModel(net, ModelSpec(input_size=(32, 32), channels=3)).eval()
-    name, layer = find_last_conv(model)
-    assert name == "net.layer4.1.conv2"
     data = ImageDataset(
         images=(torch.rand(4, 3, 32, 32) * 255).to(torch.uint8),
         labels=torch.tensor([0, 1, 2, 0]),
@@ -90,6 +89,13 @@ def test_gradcam_finds_the_last_conv_of_a_resnet() -> None:
         format="npz",
         sha256="0",
     )
+    return model, data
+
+
+def test_gradcam_finds_the_last_conv_of_a_resnet() -> None:
+    model, data = _resnet_on_noise()
+    name, layer = find_last_conv(model)
+    assert name == "net.layer4.1.conv2"
     maps = SaliencyMaps(methods=("gradcam",)).maps(model, data, torch.tensor([0, 1, 2, 0]), engine(), layer, "gradcam")
     assert maps.shape == (4, 32, 32) and bool(torch.isfinite(maps).all())
 
@@ -99,18 +105,7 @@ def test_gradcam_warns_when_its_layer_is_smaller_than_4x4() -> None:
     how to choose --layer); layer2 is 4x4 (no warning)."""
     from auditkit.results import Conditions
 
-    torch.manual_seed(0)
-    model = AuditModel(torchvision.models.resnet18(num_classes=3).eval(), ModelSpec(input_size=(32, 32), channels=3))
-    data = ImageDataset(
-        images=(torch.rand(4, 3, 32, 32) * 255).to(torch.uint8),
-        labels=torch.tensor([0, 1, 2, 0]),
-        class_names=("a", "b", "c"),
-        metadata={},
-        ids=("0", "1", "2", "3"),
-        source="x",
-        format="npz",
-        sha256="0",
-    )
+    model, data = _resnet_on_noise()
     for layer, size, warned in ((None, (1, 1), True), ("net.layer2.0.conv1", (4, 4), False)):
         check = SaliencyMaps(methods=("gradcam",), layer=layer, per_kind=1, sanity_samples=2)
         result = check.run(model.eval(), data, engine=engine())
