@@ -41,15 +41,20 @@ class RunOutput:
     restored: int
     computed: int
     main: bool
+    #: headlines already printed (above the progress bars) on the terminal stdout writes to
+    shown: tuple[str, ...] = ()
 
     @property
     def crashed(self) -> tuple[CheckFailure, ...]:
         return tuple(c for c in self.results.checks if isinstance(c, CheckFailure))
 
 
-def summary_lines(results: RunResults, json_path: Path | None, html_path: Path | None) -> tuple[list[str], list[str]]:
-    """What a finished run tells the user: a headline per check and the paths (stdout), warnings (stderr)."""
-    out = [f"{check.kind}: {check.headline()}" for check in results.checks]
+def summary_lines(
+    results: RunResults, json_path: Path | None, html_path: Path | None, shown: tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
+    """What a finished run tells the user: a headline per check and the paths (stdout), warnings
+    (stderr); headlines in ``shown`` (already on the same terminal) are not repeated."""
+    out = [line for check in results.checks if (line := f"{check.kind}: {check.headline()}") not in shown]
     err = [f"warning: {w}" for w in results.manifest.warnings]
     if results.manifest.skipped_files:
         err.append(f"warning: skipped {len(results.manifest.skipped_files)} unreadable image file(s); see the report")
@@ -98,7 +103,8 @@ def run(
         discard(config.out)
     world.barrier()
     dist.shutdown()
-    out = RunOutput(results, json_path, html_path, verdict, engine.restored, engine.computed, world.main)
+    shown = tuple(getattr(engine.sink, "shown_on_stdout", ()))
+    out = RunOutput(results, json_path, html_path, verdict, engine.restored, engine.computed, world.main, shown)
     if verdict is not None and world.main and not out.crashed:
         from auditkit.gate import write_ci_outputs
 

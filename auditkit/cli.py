@@ -61,7 +61,7 @@ def _audit_body(checks: tuple[str, ...] | None) -> Callable[[dict[str, Any]], No
         if out.main:
             if values.get("resume"):
                 say(f"resumed: {out.restored} batches restored, {out.computed} computed (rank 0)")
-            _print_summary(out.results, out.json_path, out.html_path)
+            _print_summary(out.results, out.json_path, out.html_path, out.shown)
         raise_for_failures(out.results)
         if out.verdict is not None:
             _finish_gate(out.verdict, quiet=not out.main)
@@ -162,10 +162,10 @@ def _finish_gate(verdict: Any, *, quiet: bool = False) -> None:
         raise typer.Exit(1)
 
 
-def _print_summary(results: Any, json_path: Path | None, html_path: Path | None) -> None:
+def _print_summary(results: Any, json_path: Path | None, html_path: Path | None, shown: tuple[str, ...] = ()) -> None:
     from auditkit.api import summary_lines
 
-    out, err = summary_lines(results, json_path, html_path)
+    out, err = summary_lines(results, json_path, html_path, shown)
     for line in out:
         say(line)
     for line in err:

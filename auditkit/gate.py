@@ -353,7 +353,8 @@ def markdown_summary(gate: GateResult, results: RunResults) -> str:
         lines.append(f"| {icon[v.status]} | `{_md(v.rule)}` | {observed} | {_md(v.message)} |")
     top = [f for f in results.findings() if f.severity in ("fail", "warn") and f.check != "gate"][:5]
     if top:
-        lines += ["", "Top findings (auditkit's default conditions, docs/findings.md):", ""]
+        judged = Conditions.of(results.manifest).describe()
+        lines += ["", f"Top findings ({_md(judged)}, docs/findings.md):", ""]
         lines += [f"- {'❌' if f.severity == 'fail' else '⚠️'} {_md(f.text)}" for f in top]
     text = "\n".join(lines) + "\n"
     return text.encode("utf-8")[: 1 << 20].decode("utf-8", errors="ignore")

@@ -74,6 +74,23 @@ class Conditions:
     warn_gap: float = 0.05
     fail_gap: float = 0.10
 
+    @classmethod
+    def of(cls, manifest: RunManifest) -> Conditions:
+        """The conditions a run was made with (its ``warn_drop`` ... settings in the manifest's
+        config); the defaults for what it does not record."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        given = {k: float(v) for k, v in manifest.config if k in known}
+        return cls(**given)
+
+    def describe(self) -> str:
+        """``auditkit's default conditions`` or, when changed, the thresholds in points."""
+        if self == Conditions():
+            return "auditkit's default conditions"
+        return (
+            f"this run's conditions: drops warn from {points(self.warn_drop)}, fail from {points(self.fail_drop)}; "
+            f"gaps warn from {points(self.warn_gap)}, fail from {points(self.fail_gap)}"
+        )
+
     def drop(self, drop: float) -> Severity:
         """The severity of an accuracy drop (clean minus perturbed)."""
         return "fail" if drop >= self.fail_drop else "warn" if drop >= self.warn_drop else "pass"
@@ -240,8 +257,8 @@ class RunResults:
 
     def findings(self, conditions: Conditions | None = None) -> tuple[Finding, ...]:
         """Every check's findings, most severe first (then in report order), each naming its check
-        and its report section."""
-        cond = conditions or Conditions()
+        and its report section. ``conditions``: the run's own (:meth:`Conditions.of`) when not given."""
+        cond = conditions or Conditions.of(self.manifest)
         found = [
             dataclasses.replace(f, check=c.kind, anchor=c.anchor)
             for c in sorted(self.checks, key=lambda c: c.order)

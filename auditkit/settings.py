@@ -262,6 +262,20 @@ class OutputSettings(Settings):
     panel: ClassVar[str] = OUTPUT_PANEL
 
     out: str = setting("reports/latest", "Folder for results.json and index.html.", run_control=True, flag="--out -o")
+    # the conditions that turn numbers into findings without a policy (docs/findings.md): they
+    # colour the report and never change a measurement, so two runs stay comparable across them
+    warn_drop: float = setting(
+        0.05, "Findings: an accuracy drop warns from this (0.05 = 5 pt).", comparable=False, ge=0, le=1, advanced=True
+    )
+    fail_drop: float = setting(
+        0.20, "Findings: an accuracy drop fails from this.", comparable=False, ge=0, le=1, advanced=True
+    )
+    warn_gap: float = setting(
+        0.05, "Findings: a subgroup gap warns from this.", comparable=False, ge=0, le=1, advanced=True
+    )
+    fail_gap: float = setting(
+        0.10, "Findings: a significant subgroup gap fails from this.", comparable=False, ge=0, le=1, advanced=True
+    )
 
     @field_validator("out")
     @classmethod
@@ -269,6 +283,14 @@ class OutputSettings(Settings):
         if not value.strip():
             raise ValueError("must name a folder for results.json and index.html, got an empty path")
         return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        for kind in ("drop", "gap"):
+            warn, fail = getattr(self, f"warn_{kind}"), getattr(self, f"fail_{kind}")
+            if warn > fail:
+                raise ValueError(f"warn_{kind} ({warn}) must not exceed fail_{kind} ({fail})")
+        return self
 
 
 SHARED: tuple[type[Settings], ...] = (InputSettings, EngineSettings, OutputSettings)

@@ -101,6 +101,46 @@ def test_conditions_decide_the_severities(demo_run: Path) -> None:
     assert Conditions().gap(0.01, significant=False) == "pass"
 
 
+def test_a_runs_own_conditions_judge_its_findings(demo_run: Path, tmp_path: Path) -> None:
+    """warn_drop ... set in auditkit.toml (or as flags) are recorded in the manifest, so the report,
+    results.json and the step summary re-judge with them; a crossed pair is refused."""
+    import dataclasses
+
+    from auditkit.config import resolve_config
+    from auditkit.exceptions import ConfigError
+    from auditkit.gate import markdown_summary
+    from auditkit.report.html import render_report
+    from auditkit.results import Conditions
+
+    (tmp_path / "auditkit.toml").write_text('model = "m.pt"\ndata = "digits"\nwarn_drop = 0.9\nfail_drop = 0.95\n')
+    config = resolve_config({}, tmp_path / "auditkit.toml")
+    assert (config.warn_drop, config.fail_drop, config.warn_gap) == (0.9, 0.95, 0.05)
+    with pytest.raises(ConfigError, match=r"warn_gap .* must not exceed fail_gap"):
+        resolve_config({"model": "m.pt", "data": "digits", "warn_gap": 0.5})
+
+    results = RunResults.read(demo_run / "results.json")
+    assert Conditions.of(results.manifest) == Conditions()
+    rotation = next(m for m in results.metrics if m.startswith("rotation.mean_accuracy"))
+    assert {f.metric: f.severity for f in results.findings()}[rotation] == "fail"
+    pairs = tuple((k, v) for k, v in results.manifest.config if k not in ("warn_drop", "fail_drop"))
+    lenient = dataclasses.replace(
+        results,
+        manifest=dataclasses.replace(results.manifest, config=(*pairs, ("warn_drop", "0.9"), ("fail_drop", "0.95"))),
+        recorded_run_id="",
+    )
+    assert Conditions.of(lenient.manifest) == Conditions(warn_drop=0.9, fail_drop=0.95)
+    assert {f.metric: f.severity for f in lenient.findings()}[rotation] == "pass"
+    stored = json.loads(lenient.to_json())["findings"]
+    assert next(f for f in stored if f["metric"] == rotation)["severity"] == "pass"
+    assert "drops warn from 90.0 pt, fail from 95.0 pt" in render_report(lenient)
+    assert "auditkit&#39;s default conditions" in render_report(results)
+    from auditkit.gate import GateResult
+
+    gate = results.check(GateResult)
+    assert gate is not None
+    assert "drops warn from 90.0 pt" in markdown_summary(gate, lenient)
+
+
 def test_units_people_read() -> None:
     from auditkit.results import eps_label, points
 

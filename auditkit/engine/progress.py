@@ -147,6 +147,8 @@ class RichSink:
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
         self._redirected: list[tuple[str, object, _Proxy]] = []
+        #: notes printed on the terminal that stdout also writes to (the final summary skips them)
+        self.shown_on_stdout: list[str] = []
 
     def _display(self) -> Progress:
         if self.progress is not None:
@@ -217,6 +219,8 @@ class RichSink:
 
     def note(self, line: str) -> None:
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if _same_terminal(sys.__stdout__, self.console.file):
+            self.shown_on_stdout.append(line)
 
 
 class _Proxy(FileProxy):

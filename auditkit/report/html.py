@@ -10,7 +10,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from auditkit.io import atomic_write_text
-from auditkit.results import SEVERITIES, CheckResult, RunResults, pct, points
+from auditkit.results import SEVERITIES, CheckResult, Conditions, RunResults, pct, points
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 
@@ -81,7 +81,15 @@ def summary(results: RunResults) -> dict[str, Any]:
     counts = {sev: sum(f.severity == sev for f in findings) for sev in SEVERITIES}
     overall = "fail" if counts["fail"] else "warn" if counts["warn"] else "pass"
     gate = next((c for c in results.checks if c.kind == "gate"), None)
-    return {"gate": gate, "tiles": tiles, "findings": findings, "counts": counts, "overall": overall}
+    conditions = Conditions.of(results.manifest).describe()
+    return {
+        "gate": gate,
+        "tiles": tiles,
+        "findings": findings,
+        "counts": counts,
+        "overall": overall,
+        "conditions": conditions,
+    }
 
 
 def render_report(results: RunResults, baseline: RunResults | None = None) -> str:

@@ -280,3 +280,41 @@ def test_an_attack_on_one_batch_moves_its_bar_step_by_step(
     (curve,) = [t for t in sink.tasks if t.description.endswith("eps=0.01") and t.total == N]
     assert len(curve.updates) >= 5 and curve.updates[0] < N / 2
     assert_complete(curve)
+
+
+def test_a_terminal_sees_each_headline_once(tmp_path: Path, tiny_net: torch.nn.Module) -> None:
+    """On an interactive terminal the headline replaces the check's bars as it finishes, and the
+    summary printed at the end (stdout, the same terminal) does not repeat it; piped, stdout keeps it."""
+    import os
+    import subprocess
+    import sys
+
+    from auditkit.inputs.models import save_model
+
+    path = save_model(tiny_net, DIGITS_SPEC, tmp_path / "model.safetensors")
+    argv = [sys.executable, "-m", "auditkit", "subgroups", str(path), "digits", "--limit", "60", "--device", "cpu"]
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120", "TTY_INTERACTIVE": "1"}
+    env.pop("NO_COLOR", None)
+    leader, follower = os.openpty()
+    with subprocess.Popen(
+        [*argv, "--out", str(tmp_path / "tty")], stdin=follower, stdout=follower, stderr=follower, env=env
+    ) as proc:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=300) == 0
+    os.close(leader)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert screen.count("clean: ") == 1 and screen.count("subgroups: ") == 1, screen
+    assert "report:" in screen
+    piped = subprocess.run(
+        [*argv, "--out", str(tmp_path / "pipe")], capture_output=True, text=True, env=env, check=True, timeout=300
+    )
+    assert piped.stdout.count("clean: ") == 1 and piped.stdout.count("subgroups: ") == 1, piped.stdout
