@@ -104,9 +104,18 @@ class GateResult(CheckResult):
         )
 
 
-def metric_index(results: RunResults) -> dict[str, Metric]:
-    """Every typed metric of a run by name (what rules and baselines refer to)."""
-    return {m.name: m for check in results.checks for m in check.metric_records()}
+def metric_index(results: RunResults, baseline: RunResults | None = None) -> dict[str, Metric]:
+    """Every typed metric of a run by name (what rules and baselines refer to); with a baseline, also
+    the metrics relative to it (the corruption errors mCE and relative mCE, Hendrycks & Dietterich 2019,
+    normalised by the baseline model where ImageNet-C uses AlexNet)."""
+    index = {m.name: m for check in results.checks for m in check.metric_records()}
+    if baseline is not None:
+        from auditkit.checks.corrupt import CorruptionResult, corruption_errors
+
+        now, then = results.check(CorruptionResult), baseline.check(CorruptionResult)
+        if now is not None and then is not None:
+            index |= {m.name: m for m in corruption_errors(now, then).metric_records()}
+    return index
 
 
 RULE_KEYS = ("metric", "op", "value", "bound")
@@ -192,7 +201,9 @@ def _value(index: dict[str, Metric], rule: Rule) -> float | None:
 def evaluate(results: RunResults, policy: Policy, baseline: RunResults | None = None) -> GateResult:
     """Apply every rule; a missing metric is an error, a null one is inconclusive."""
     verdicts = []
-    index = metric_index(results)
+    if baseline is not None:
+        check_comparable(results, baseline)
+    index = metric_index(results, baseline)
     for rule in policy.rules:
         observed = _value(index, rule)
         if observed is None:
@@ -222,7 +233,6 @@ def evaluate(results: RunResults, policy: Policy, baseline: RunResults | None = 
             )
     label = ""
     if baseline is not None:
-        check_comparable(results, baseline)
         label = baseline.manifest.model_sha256[:12]
         before = metric_index(baseline)
         for metric in policy.baseline_metrics:

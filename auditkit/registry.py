@@ -25,6 +25,7 @@ BUILTIN_CHECKS: tuple[str, ...] = (
     "auditkit.checks.clean:CleanAccuracy",
     "auditkit.checks.rotation:RotationSweep",
     "auditkit.checks.attack:AdversarialAttack",
+    "auditkit.checks.corrupt:CorruptionSweep",
     "auditkit.checks.saliency:SaliencyMaps",
     "auditkit.checks.shortcut:ShortcutProbes",
     "auditkit.checks.subgroups:Subgroups",

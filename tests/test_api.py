@@ -402,7 +402,8 @@ def test_public_names() -> None:
     from auditkit.checks.subgroups import Subgroups
 
     assert auditkit.SaliencyCheck is SaliencyMaps and auditkit.SubgroupBreakdown is Subgroups
-    names = [auditkit.CleanAccuracy, auditkit.RotationSweep, auditkit.AdversarialAttack, auditkit.SaliencyMaps]
+    names = [auditkit.CleanAccuracy, auditkit.RotationSweep, auditkit.AdversarialAttack, auditkit.CorruptionSweep]
+    names += [auditkit.SaliencyMaps]
     names += [auditkit.ShortcutProbes, auditkit.Subgroups]
     assert [c.name for c in names] == list(auditkit.audit.__globals__["registry"].checks())
 

@@ -90,7 +90,7 @@ def test_audit_ran_on_a_sample_of_the_real_test_split(fashion_demo: FashionDemoO
     assert "split test" in manifest["data_path"]
     assert (fashion_demo.out / "index.html").stat().st_size > 10_000
     kinds = [c["kind"] for c in doc["checks"]]
-    assert kinds[:4] == ["clean", "rotation", "attack", "saliency"] and "gate" in kinds
+    assert kinds[:5] == ["clean", "rotation", "attack", "corrupt", "saliency"] and "gate" in kinds
     # trained on real data: far above chance (10%) even with 4,000 images and 2 epochs
     assert doc["metrics"]["clean.accuracy"] > 0.6
 

@@ -316,3 +316,44 @@ def test_mismatched_baseline_is_refused_before_the_audit_runs(
     out = CliRunner().invoke(app, [*args, "--policy", str(policy), "--baseline", str(results), "--out", str(tmp_path)])
     assert out.exit_code == 3, out.output
     assert "cue_size: 4 vs 8 now" in out.output
+
+
+def test_mce_against_a_baseline_is_gateable() -> None:
+    """With a baseline run, the gate also sees corrupt.mce and corrupt.relative_mce (Hendrycks &
+    Dietterich 2019, the baseline model in AlexNet's place), recomputed here from both runs' accuracies."""
+    import copy
+
+    import torch
+
+    import auditkit
+    from tests.conftest import small_digits_cnn
+
+    net, x, y = small_digits_cnn(120)
+    weaker = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in weaker.parameters():
+            p.add_(0.3 * p.std() * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    settings = {"checks": ["corrupt"], "corruptions": "gaussian_noise,contrast", "severities": "1,5", "device": "cpu"}
+    spec = {"mean": "0", "std": "1", "progress": False}
+    new = auditkit.audit(net, (x, y), **settings, **spec)
+    base = auditkit.audit(weaker, (x, y), **settings, **spec)
+
+    def errors(run: RunResults, corruption: str) -> list[float]:
+        return [1 - run.metrics[f"corrupt.accuracy[corruption={corruption},severity={s}]"] for s in (1, 5)]
+
+    def clean_error(run: RunResults) -> float:
+        return 1 - run.metrics["clean.accuracy"]
+
+    ce = [sum(errors(new, c)) / sum(errors(base, c)) for c in ("gaussian_noise", "contrast")]
+    rel = [
+        sum(e - clean_error(new) for e in errors(new, c)) / sum(e - clean_error(base) for e in errors(base, c))
+        for c in ("gaussian_noise", "contrast")
+    ]
+    policy = Policy(rules=(Rule("corrupt.mce", "<=", 10.0), Rule("corrupt.relative_mce", "<=", 10.0)))
+    verdict = evaluate(new, policy, baseline=base)
+    observed = {v.rule.split()[0]: v.observed for v in verdict.verdicts}
+    assert observed["corrupt.mce"] == pytest.approx(sum(ce) / 2)
+    assert observed["corrupt.relative_mce"] == pytest.approx(sum(rel) / 2)
+    assert observed["corrupt.mce"] < 1  # the trained model beats its noised copy
+    alone = evaluate(new, policy)  # without a baseline there is no mCE: the rule is an error, not a guess
+    assert {v.status for v in alone.verdicts} == {"error"}

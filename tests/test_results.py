@@ -24,7 +24,7 @@ def test_results_json_shape(demo_run: Path) -> None:
     )
     assert doc["metrics"]["clean.accuracy"] >= 0.95
     kinds = [c["kind"] for c in doc["checks"]]
-    assert kinds == ["clean", "rotation", "attack", "saliency", "shortcut", "subgroups", "gate"]
+    assert kinds == ["clean", "rotation", "attack", "corrupt", "saliency", "shortcut", "subgroups", "gate"]
     assert doc["metrics"]["gate.passed"] == 1.0
     assert set(doc["samples"]["bits"]) >= {
         "clean.accuracy",

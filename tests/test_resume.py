@@ -124,3 +124,35 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(
     assert f"rerun with --resume --out {out}" in result.output
     assert _saved(out)  # the clean pass finished before the interruption and is kept
     assert not (out / "results.json").exists()
+
+
+def test_corruption_sweep_resumes_to_the_identical_result(tmp_path: Path) -> None:
+    """Interrupted after two of its five batches, the corruption sweep restores them and draws the same
+    random corruptions for the rest (each batch's seed depends only on the run's seed and its start)."""
+    from auditkit.checks.corrupt import CorruptionSweep
+    from auditkit.zoo import digits_cnn
+
+    data = load_dataset("digits", limit=40)
+    torch.manual_seed(0)
+    net = digits_cnn(width=4).eval()
+    check = CorruptionSweep(corruptions=("gaussian_noise", "elastic_transform"), severities=(2, 5), strips=0)
+    calls = {"n": 0}
+
+    def interrupt(*args: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 5 + 2 * 4 + 1:  # the clean pass (5 batches), two sweep batches of 4 forwards each
+            raise KeyboardInterrupt
+
+    def run(resume: bool) -> tuple[dict[str, float], Engine]:
+        engine = Engine(device="cpu", batch_size=8, progress=False, seed=1)
+        engine.store = BatchStore.open(tmp_path, "corrupt", resume=resume, describe={"k": "1"})
+        return check.run(net, data, engine=engine).metrics(), engine
+
+    hook = net.register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(resume=False)
+    hook.remove()
+    resumed, engine = run(resume=True)
+    assert engine.restored == 5 + 2 and engine.computed == 3
+    fresh = check.run(net, data, engine=Engine(device="cpu", batch_size=8, progress=False, seed=1)).metrics()
+    assert resumed == fresh

@@ -175,4 +175,4 @@ def test_builtin_results_decode_in_a_fresh_interpreter(model: Path, tmp_path: Pa
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["clean", "rotation", "attack", "saliency", "shortcut", "subgroups"]
+    assert done.stdout.split() == ["clean", "rotation", "attack", "corrupt", "saliency", "shortcut", "subgroups"]

@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import field_validator, model_validator
 
 from auditkit.checks.base import Check
-from auditkit.engine.loop import Batch, Engine, Outcome
+from auditkit.engine.loop import Batch, Engine, Outcome, Predictions
 from auditkit.exceptions import ConfigError
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
 from auditkit.ops.apgd import APGD, LOSSES, Loss, standard_attack
 from auditkit.ops.attacks import NORMS, PGD, Norm, Progress, part
+from auditkit.ops.calibration import DEFAULT_BINS, ece
 from auditkit.ops.metrics import wilson_interval
 from auditkit.ops.square import Square
 from auditkit.results import CheckResult, Conditions, Finding, Interval, Metric, eps_label, fmt, pct, points
@@ -92,10 +93,14 @@ def parse_epsilons(text: str | None, norm: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class CurvePoint:
-    """Robust accuracy at one epsilon, with its 95% Wilson interval."""
+    """Robust accuracy at one epsilon, with its 95% Wilson interval, and calibration there: the mean
+    top-label probability and the ECE (``DEFAULT_BINS`` equal-width bins) of the model's answers on
+    the main attack's images (``None`` for foolbox attacks, with no images and in older results.json files)."""
 
     eps: float
     robust: Interval
+    confidence: float | None = None
+    ece: float | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,18 @@ class AttackResult(CheckResult):
                         f"attack.robust_accuracy[norm={self.norm},eps={fmt(large.eps)}]",
                     )
                 )
+        calibrated = [(p, p.confidence, p.ece) for p in attacked if p.confidence is not None and p.ece is not None]
+        if calibrated:
+            p, confidence, ece_value = calibrated[-1]
+            out.append(
+                Finding(
+                    "info",
+                    f"On the attacked images at {norm} eps {eps_label(p.eps, self.norm)} the model's mean confidence "
+                    f"is {pct(confidence)} while {pct(p.robust.value)} of its answers are right (ECE {ece_value:.3f}).",
+                    f"{ece_value:.3f}",
+                    f"attack.ece[norm={self.norm},eps={fmt(p.eps)}]",
+                )
+            )
         if self.strength == "fast":
             out.append(
                 Finding(
@@ -233,6 +250,11 @@ class AttackResult(CheckResult):
 
     def metric_records(self) -> tuple[Metric, ...]:
         out = [Metric.of(f"attack.robust_accuracy[norm={self.norm},eps={fmt(p.eps)}]", p.robust) for p in self.curve]
+        out += [
+            Metric(f"attack.ece[norm={self.norm},eps={fmt(p.eps)}]", p.ece, "lower")
+            for p in self.curve
+            if p.ece is not None
+        ]
         out += [Metric(f"attack.soundness[check={s.name}]", float(s.passed), unit="flag") for s in self.soundness]
         warnings = float(sum(not s.passed for s in self.soundness))
         out.append(Metric("attack.soundness_warnings", warnings, "lower", "checks"))
@@ -506,10 +528,11 @@ class AdversarialAttack(Check):
         if not signal.passed and not self.attack.startswith("foolbox:") and not self.square_only:
             return self._result(clean, data, (), (signal,), ())
         foolbox = self.attack.startswith("foolbox:")
+        calibration: list[tuple[float, float] | None] = [None] * len(self.epsilons)
         if foolbox:
             broken_at = self._foolbox_curve(model, data, engine, clean.correct)
         else:
-            broken_at = self._native_curve(model, data, engine, clean.correct, target)
+            broken_at, calibration = self._native_curve(model, data, engine, clean, target)
         attack_checks: list[Soundness] = []
         if len(sanity) and max(self.epsilons) > 0 and not self.square_only:  # those checks need gradients
             attack_checks += self._attack_checks(model, sanity, engine, broken_at[idx], k)
@@ -522,7 +545,15 @@ class AdversarialAttack(Check):
         curve = []
         for i, eps in enumerate(self.epsilons):
             robust_i = clean.correct & ~(broken_at <= i)
-            curve.append(CurvePoint(eps=eps, robust=wilson_interval(int(robust_i.sum()), n)))
+            cal = calibration[i]
+            curve.append(
+                CurvePoint(
+                    eps=eps,
+                    robust=wilson_interval(int(robust_i.sum()), n),
+                    confidence=cal[0] if cal else None,
+                    ece=cal[1] if cal else None,
+                )
+            )
             metric = f"attack.robust_accuracy[norm={self.norm},eps={fmt(eps)}]"
             engine.publish(data, Outcome(key=metric, label="", values=robust_i.float(), metric=metric, per_group=False))
         last = len(self.epsilons) - 1
@@ -564,29 +595,45 @@ class AdversarialAttack(Check):
         )
 
     def _native_curve(
-        self, model: nn.Module, data: ImageDataset, engine: Engine, correct: Tensor, target: Tensor
-    ) -> Tensor:
-        """Index of the first epsilon at which each sample breaks (``len(eps)`` if never)."""
+        self, model: nn.Module, data: ImageDataset, engine: Engine, clean: Predictions, target: Tensor
+    ) -> tuple[Tensor, list[tuple[float, float] | None]]:
+        """Index of the first epsilon at which each sample breaks (``len(eps)`` if never), and per
+        epsilon the mean confidence and ECE of the model's answers on what the attack left there: a
+        sample broken at a smaller epsilon keeps that adversarial image, one the attack did not break
+        is scored on the image the attack returned, a sample wrong on clean data stays clean."""
+        correct = clean.correct
         broken_at = torch.full((len(data),), len(self.epsilons), dtype=torch.long)
+        conf_now = clean.confidence.double().clone()
+        right_now = correct.clone()
         name = self.attack_name(data.num_classes).split(" (")[0]
+        calibration: list[tuple[float, float] | None] = []
         for i, eps in enumerate(self.epsilons):
-            if eps == 0:
-                continue
             todo = torch.nonzero(correct & (broken_at == len(self.epsilons))).flatten()
-            if len(todo) == 0:
-                break
-            sub = data.take(todo)
-            sub_target = target[todo]
+            if eps > 0 and len(todo):
+                sub = data.take(todo)
+                sub_target = target[todo]
 
-            def attack(b: Batch, eps: float = eps, sub_target: Tensor = sub_target) -> tuple[int, int, Tensor]:
-                tgt = sub_target[b.start : b.stop].to(b.x.device)
-                _, success = self._attack(model, b.x, b.y, eps, tgt, b.generator(), data.num_classes, b.report)
-                return b.start, b.stop, success.cpu()
+                def attack(
+                    b: Batch, eps: float = eps, sub_target: Tensor = sub_target
+                ) -> tuple[int, int, Tensor, Tensor, Tensor]:
+                    tgt = sub_target[b.start : b.stop].to(b.x.device)
+                    adv, success = self._attack(model, b.x, b.y, eps, tgt, b.generator(), data.num_classes, b.report)
+                    with torch.no_grad():
+                        probs = torch.softmax(model(adv).float(), dim=1)
+                    top = probs.max(dim=1)
+                    return b.start, b.stop, success.cpu(), top.values.cpu(), (top.indices == b.y).cpu()
 
-            for start, stop, success in engine.map(attack, sub, description=f"{name} eps={eps:.4g}", grad=True):
-                hit = todo[start:stop][success]
-                broken_at[hit] = i
-        return broken_at
+                batches = engine.map(attack, sub, description=f"{name} eps={eps:.4g}", grad=True)
+                for start, stop, success, conf, right in batches:
+                    rows = todo[start:stop]
+                    broken_at[rows[success]] = i
+                    conf_now[rows] = conf.double()
+                    right_now[rows] = right
+            scores = conf_now.numpy()
+            calibration.append(
+                (float(scores.mean()), ece(scores, right_now.numpy(), bins=DEFAULT_BINS)) if len(scores) else None
+            )
+        return broken_at, calibration
 
     def _foolbox_curve(self, model: nn.Module, data: ImageDataset, engine: Engine, correct: Tensor) -> Tensor:
         import foolbox as fb

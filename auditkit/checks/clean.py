@@ -1,4 +1,5 @@
-"""Clean accuracy: overall and per class with Wilson intervals, confusion matrix, examples of errors."""
+"""Clean accuracy: overall and per class with Wilson intervals, confusion matrix, examples of errors,
+and calibration (is the model confident when it is wrong? :mod:`auditkit.ops.calibration`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from auditkit.checks.base import Check
 from auditkit.engine.loop import Engine
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
+from auditkit.ops.calibration import CONFIDENT, DEFAULT_BINS, DEFAULT_RESAMPLES, CalibrationSummary, summarize
 from auditkit.ops.metrics import ConfusionAccumulator, wilson_interval
 from auditkit.results import CheckResult, Conditions, Finding, Interval, Metric, pct, points
 
@@ -21,6 +23,9 @@ else:
 
     np = lazy("numpy")
     torch = lazy("torch")
+
+#: an expected calibration error above this warns (a 5-point average gap between confidence and accuracy)
+ECE_WARN = 0.05
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,14 @@ class CleanResult(CheckResult):
     per_class: tuple[ClassAccuracy, ...]
     confusion: tuple[tuple[int, ...], ...]
     errors: tuple[Example, ...]
+    #: ``None`` in results.json files written before calibration was measured
+    calibration: CalibrationSummary | None = None
+
+    @property
+    def confident_errors(self) -> tuple[Example, ...]:
+        """The shown errors made with at least the calibration threshold's confidence (most confident first)."""
+        cal = self.calibration
+        return tuple(e for e in self.errors if cal is not None and e.confidence >= cal.threshold)
 
     def top_confusions(self, k: int = 8) -> tuple[tuple[str, str, int, float], ...]:
         """The ``k`` most frequent mistakes from the confusion matrix: ``(true, predicted, count,
@@ -98,14 +111,54 @@ class CleanResult(CheckResult):
                     f"clean.accuracy[class={worst.name}]",
                 )
             )
+        out += self._calibration_findings()
         return tuple(out)
 
-    def report_context(self) -> dict[str, Any]:
-        from auditkit.report import plots
+    def _calibration_findings(self) -> list[Finding]:
+        cal = self.calibration
+        if cal is None or cal.ece.n == 0:
+            return []
+        e = cal.ece
+        side = "overconfident" if cal.mean_confidence > self.accuracy.value else "underconfident"
+        ci = f"95% CI {pct(e.low)}–{pct(e.high)}, {cal.bins} equal-width bins"
+        out = [
+            Finding(
+                "warn",
+                f"Confidence does not match accuracy: expected calibration error {pct(e.value)} ({ci}), above "
+                f"{pct(ECE_WARN, 0)}; the model is {side} (mean confidence {pct(cal.mean_confidence)}, accuracy "
+                f"{pct(self.accuracy.value)}).",
+                pct(e.value),
+                "clean.ece",
+            )
+            if e.value > ECE_WARN
+            else Finding(
+                "pass",
+                f"Confidence matches accuracy: expected calibration error {pct(e.value)} ({ci}), at most "
+                f"{pct(ECE_WARN, 0)}.",
+                pct(e.value),
+                "clean.ece",
+            )
+        ]
+        if cal.confident_wrong:
+            out.append(
+                Finding(
+                    "warn",
+                    f"{cal.confident_wrong} of {cal.errors} errors were made with >= {pct(cal.threshold, 0)} "
+                    "confidence: a confidence threshold would not catch them.",
+                    pct(cal.confident_wrong_share),
+                    "clean.confident_wrong",
+                )
+            )
+        return out
 
+    def report_context(self) -> dict[str, Any]:
+        from auditkit.report import calibration_plots, plots
+
+        cal = self.calibration
         return {
             "per_class_svg": plots.svg(plots.per_class_accuracy(self)),
             "confusion_svg": plots.svg(plots.confusion_matrix(self)),
+            "reliability_svg": plots.svg(calibration_plots.reliability_diagram(cal)) if cal and cal.ece.n else "",
         }
 
     def metric_records(self) -> tuple[Metric, ...]:
@@ -116,6 +169,19 @@ class CleanResult(CheckResult):
             Metric("clean.n", float(self.accuracy.n), "none", "images"),
         ]
         records += [Metric(f"clean.accuracy[class={c.name}]", c.accuracy.value) for c in self.per_class]
+        cal = self.calibration
+        if cal is not None and cal.ece.n:
+            records += [
+                Metric.of("clean.ece", cal.ece, "lower"),
+                Metric("clean.ece_equal_mass", cal.ece_equal_mass, "lower"),
+                Metric("clean.mce", cal.mce, "lower"),
+                Metric("clean.brier", cal.brier, "lower", "score"),
+                Metric("clean.nll", cal.nll, "lower", "nats"),
+                Metric("clean.confident_wrong", cal.confident_wrong_share, "lower"),
+                Metric("clean.confident_wrong_count", float(cal.confident_wrong), "lower", "images"),
+            ]
+            if cal.temperature is not None:
+                records.append(Metric("clean.temperature", cal.temperature.temperature, "none", "factor"))
         return tuple(records)
 
 
@@ -147,8 +213,18 @@ class CleanAccuracy(Check):
     name = "clean"
     result_type = CleanResult
 
-    def __init__(self, *, max_examples: int = 16) -> None:
+    def __init__(
+        self,
+        *,
+        max_examples: int = 16,
+        bins: int = DEFAULT_BINS,
+        resamples: int = DEFAULT_RESAMPLES,
+        threshold: float = CONFIDENT,
+    ) -> None:
         self.max_examples = max_examples
+        self.bins = bins
+        self.resamples = resamples
+        self.threshold = threshold
 
     def _run(self, model: nn.Module, data: ImageDataset, engine: Engine) -> CleanResult:
         preds = engine.predict(model, data)
@@ -179,4 +255,12 @@ class CleanAccuracy(Check):
             per_class=per_class,
             confusion=tuple(tuple(int(v) for v in row) for row in cm),
             errors=errors,
+            calibration=summarize(
+                preds.logits,
+                preds.label,
+                bins=self.bins,
+                n_resamples=self.resamples,
+                seed=engine.seed,
+                threshold=self.threshold,
+            )[0],
         )

@@ -15,9 +15,10 @@ from pydantic import ValidationInfo, field_validator, model_validator
 
 from auditkit.checks.base import Check
 from auditkit.engine.loop import Engine, Outcome
-from auditkit.exceptions import ConfigError
+from auditkit.exceptions import ConfigError, NonFiniteOutputError
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
+from auditkit.ops.calibration import DEFAULT_BINS, ece
 from auditkit.ops.metrics import mean_interval, wilson_interval
 from auditkit.ops.perturb import FILLS, INTERPOLATIONS, Affine, Fill, Interpolation, rotations, spatial_grid
 from auditkit.results import CheckResult, Conditions, Finding, Interval, Metric, fmt, pct, points
@@ -71,11 +72,15 @@ def parse_angles(text: str, flag: str = "--angles") -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class AnglePoint:
-    """Accuracy at one angle, overall and per class (indexed like ``class_names``)."""
+    """Accuracy at one angle, overall and per class (indexed like ``class_names``), and calibration
+    there: the mean top-label probability and the ECE (``DEFAULT_BINS`` equal-width bins; ``None`` in
+    results.json files written before they were measured, and with no images)."""
 
     angle: float
     accuracy: Interval
     per_class: tuple[Interval, ...]
+    confidence: float | None = None
+    ece: float | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,19 @@ class RotationResult(CheckResult):
                     "spatial.accuracy[attack=grid]",
                 )
             )
+        worst = next((p for p in self.points if p.angle == self.worst_angle), None)
+        if worst is not None and worst.confidence is not None and worst.ece is not None:
+            gap = worst.confidence - worst.accuracy.value
+            out.append(
+                Finding(
+                    "warn" if gap > 0.2 else "info",
+                    f"At {worst.angle:g}° the model's mean confidence is {pct(worst.confidence)} while "
+                    f"{pct(worst.accuracy.value)} of its answers are right (ECE {worst.ece:.3f})"
+                    + (": it does not know that it fails there." if gap > 0.2 else "."),
+                    f"{worst.ece:.3f}",
+                    f"rotation.ece[angle={fmt(worst.angle)}]",
+                )
+            )
         for r in self.recoveries[:2]:
             out.append(
                 Finding(
@@ -198,11 +216,25 @@ class RotationResult(CheckResult):
         return tuple(out)
 
     def report_context(self) -> dict[str, Any]:
-        from auditkit.report import plots
+        from auditkit.report import calibration_plots, plots
 
+        calibrated = [
+            (p.angle, p.accuracy.value, p.confidence, p.ece)
+            for p in self.points
+            if p.confidence is not None and p.ece is not None
+        ]
+        confidence = ""
+        if calibrated:
+            angles, accuracy, conf, ece_values = zip(*calibrated, strict=True)
+            confidence = plots.svg(
+                calibration_plots.confidence_curve(
+                    angles, accuracy, conf, ece_values, xlabel="rotation angle (degrees, positive = counter-clockwise)"
+                )
+            )
         return {
             "curve_svg": plots.svg(plots.rotation_curve(self)),
             "per_class_svg": plots.svg(plots.rotation_per_class(self)),
+            "confidence_svg": confidence,
         }
 
     def metric_records(self) -> tuple[Metric, ...]:
@@ -210,6 +242,8 @@ class RotationResult(CheckResult):
         for p in self.points:
             a = fmt(p.angle)
             out.append(Metric.of(f"rotation.accuracy[angle={a}]", p.accuracy))
+            if p.ece is not None:
+                out.append(Metric(f"rotation.ece[angle={a}]", p.ece, "lower"))
             for name, ci in zip(self.class_names, p.per_class, strict=True):
                 if ci.n and len(self.class_names) <= MAX_CLASS_METRICS:
                     out.append(Metric(f"rotation.accuracy[angle={a},class={name}]", ci.value))
@@ -225,6 +259,54 @@ class RotationResult(CheckResult):
             out.append(Metric(f"spatial.accuracy[attack=worst_of_{s.k}]", s.worst_of_k.value))
             out.append(Metric.of("spatial.accuracy[attack=grid]", s.grid))
         return tuple(out)
+
+
+def _sweep_confidence(
+    model: nn.Module, data: ImageDataset, engine: Engine, perturb: Affine, params: Tensor, identity: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Predicted class ``(N, P)`` int64 and top-label probability ``(N, P)`` float32 of every sample
+    under every parameter row of ``params`` ``(P, D)``: :meth:`Engine.sweep` (same batching, progress
+    and refusal of non-finite logits), keeping the confidence too. Rows flagged in ``identity``
+    ``(P,)`` reuse the clean pass."""
+    n_params = int(params.shape[0])
+    clean = engine.predict(model, data)
+    todo = torch.nonzero(~identity).flatten()
+    preds = torch.empty(len(data), n_params, dtype=torch.int64)
+    conf = torch.empty(len(data), n_params, dtype=torch.float32)
+    preds[:, identity] = clean.pred.unsqueeze(1)
+    conf[:, identity] = clean.confidence.unsqueeze(1)
+    if len(todo) == 0:
+        return preds, conf
+    dev_params = params[todo].to(engine.device)
+
+    def run(b: Any) -> tuple[int, int, Tensor, Tensor]:
+        size = b.x.shape[0]
+        chunk = max(1, (engine.batch_size * engine.forward_factor) // size)
+        ps, cs = [], []
+        for start in range(0, len(todo), chunk):
+            p = dev_params[start : start + chunk]
+            c = p.shape[0]
+            xs = b.x.repeat(c, *([1] * (b.x.ndim - 1)))
+            logits = model(perturb(xs, p.repeat_interleave(size, dim=0))).float()
+            pred = logits.argmax(dim=1).masked_fill(~torch.isfinite(logits).all(dim=1), -1)
+            ps.append(pred.view(c, size).t().cpu())
+            cs.append(torch.softmax(logits, dim=1).max(dim=1).values.view(c, size).t().cpu())
+            b.report((start + c) / len(todo))
+        return b.start, b.stop, torch.cat(ps, dim=1), torch.cat(cs, dim=1)
+
+    # the engine's non-finite count over the whole pass, as in Engine.sweep (not the per-batch hook)
+    with engine.counting_nonfinite():
+        sweep = engine.map(run, data, description="rotation sweep", per_image=len(todo), unit="perturbed images")
+        for start, stop, p, c in sweep:
+            preds[start:stop, todo] = p
+            conf[start:stop, todo] = c
+    bad = preds < 0
+    if bool(bad.any()):  # never score a NaN logit as an answer
+        raise NonFiniteOutputError(
+            f"rotation sweep: the model returned NaN or infinite logits on {int(bad.sum())} perturbed inputs "
+            f"({int(bad.any(dim=1).sum())} of {len(data)} images)"
+        )
+    return preds, conf
 
 
 def _wrap(angle: float) -> float:
@@ -340,9 +422,7 @@ class RotationSweep(Check):
         angles = torch.tensor(self.angles, dtype=torch.float64)
         params = rotations(angles)
         clean = engine.predict(model, data)
-        preds = engine.sweep(
-            model, data, perturb, params, description="rotation sweep", identity=Affine.is_identity(params)
-        )
+        preds, confidence = _sweep_confidence(model, data, engine, perturb, params, Affine.is_identity(params))
         labels = data.labels
         correct = preds == labels.unsqueeze(1)
         k_classes = data.num_classes
@@ -352,8 +432,15 @@ class RotationSweep(Check):
             per_class = tuple(
                 wilson_interval(int(col[labels == c].sum()), int((labels == c).sum())) for c in range(k_classes)
             )
+            conf = confidence[:, j].double().numpy()
             points.append(
-                AnglePoint(angle=angle, accuracy=wilson_interval(int(col.sum()), len(col)), per_class=per_class)
+                AnglePoint(
+                    angle=angle,
+                    accuracy=wilson_interval(int(col.sum()), len(col)),
+                    per_class=per_class,
+                    confidence=float(conf.mean()) if len(conf) else None,
+                    ece=ece(conf, col.numpy(), bins=DEFAULT_BINS) if len(conf) else None,
+                )
             )
         clean_acc = float(clean.correct.float().mean())
         in_range = torch.tensor([abs(a) <= self.mean_range + 1e-9 for a in self.angles])

@@ -19,7 +19,8 @@ from auditkit.engine.loop import Engine, Outcome
 from auditkit.exceptions import ConfigError
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
-from auditkit.ops.metrics import expected_calibration_error, holm, mean_interval, wilson_interval
+from auditkit.ops.calibration import DEFAULT_BINS, ece
+from auditkit.ops.metrics import holm, mean_interval, wilson_interval
 from auditkit.results import CheckResult, Conditions, Finding, Interval, Metric, pct, points
 from auditkit.settings import Settings, setting
 
@@ -159,6 +160,7 @@ class SubgroupResult(CheckResult):
             out.append(Metric(f"subgroups.error_rate[{g.key}]", 1.0 - value.value, "lower"))
             out.append(Metric(f"subgroups.n[{g.key}]", float(g.n), "none", "images"))
             out.append(Metric(f"subgroups.p_holm[{g.key}]", g.p_holm if g.sufficient else math.nan, "none", "p"))
+            out.append(Metric(f"subgroups.ece[{g.key}]", g.ece if g.sufficient else math.nan, "lower"))
             for r in g.robustness:
                 robust = r.value.value if g.sufficient else math.nan
                 out.append(Metric(f"subgroups.robust_accuracy[{g.key},outcome={r.key}]", robust))
@@ -217,7 +219,9 @@ def subgroup_stats(
 ) -> tuple[tuple[GroupStats, ...], tuple[Disparity, ...]]:
     """Per-group statistics for each column and, with several columns, their intersection.
 
-    ``y_true``/``y_pred``/``confidence`` are ``(N,)``; each column has ``N`` category labels.
+    ``y_true``/``y_pred``/``confidence`` are ``(N,)``; each column has ``N`` category labels. ``ece`` is
+    the group's expected calibration error (:func:`auditkit.ops.calibration.ece`, ``DEFAULT_BINS``
+    equal-width bins).
     Each group is compared with the rest of the data by Fisher's exact test on correct/wrong
     counts; p-values are Holm-adjusted within each attribute. Groups with fewer than
     ``min_support`` samples are reported but marked insufficient and left out of disparities.
@@ -266,7 +270,7 @@ def subgroup_stats(
                     sufficient=s.sufficient,
                     accuracy=wilson_interval(s.hits, n),
                     balanced_accuracy=float(balanced_accuracy_score(y_true[mask], y_pred[mask])) if n else math.nan,
-                    ece=expected_calibration_error(confidence[mask], correct[mask]),
+                    ece=ece(confidence[mask], correct[mask], bins=DEFAULT_BINS),
                     data_share=n / n_total if n_total else math.nan,
                     error_share=int((~correct[mask]).sum()) / total_errors if total_errors else 0.0,
                     p_value=s.p,

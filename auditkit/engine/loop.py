@@ -258,7 +258,9 @@ class Engine:
             handle.remove()
 
     @contextlib.contextmanager
-    def _counting(self) -> Iterator[None]:
+    def counting_nonfinite(self) -> Iterator[None]:
+        """Inside, the engine's own non-finite check is off: the caller counts non-finite outputs
+        itself (per angle, per corruption) and refuses them with a message naming where they arose."""
         self._counting_nonfinite += 1
         try:
             yield
@@ -507,7 +509,7 @@ class Engine:
                 b.report((start + c) / len(todo))
             return b.start, b.stop, torch.cat(preds, dim=1)
 
-        with eval_mode(model), self._counting():
+        with eval_mode(model), self.counting_nonfinite():
             sweep = self.map(run, data, description=description, per_image=len(todo), unit="perturbed images")
             for start, stop, preds in sweep:
                 out[start:stop, todo] = preds
@@ -526,7 +528,7 @@ class Engine:
                 return preds
         self.to_device(model)
         chunks: list[Tensor] = []
-        with eval_mode(model), self._counting():
+        with eval_mode(model), self.counting_nonfinite():
             try:
                 for logits in self.map(lambda b: model(b.x).float().cpu(), data, description="clean pass"):
                     chunks.append(logits)

@@ -47,7 +47,8 @@ def comparison_rows(results: RunResults, baseline: RunResults) -> list[dict[str,
     directions = {m.name: m for c in results.checks for m in c.metric_records()}
     rows = []
     for name in sorted(set(results.metrics) & set(baseline.metrics), key=_natural):
-        if name.endswith((".ci_low", ".ci_high")) or "class=" in name or "rotation.accuracy[angle=" in name:
+        detail = ("rotation.accuracy[angle=", "corrupt.accuracy[")  # per angle / per corruption x severity
+        if name.endswith((".ci_low", ".ci_high")) or "class=" in name or name.startswith(detail):
             continue
         old, new = baseline.metrics[name], results.metrics[name]
         metric = directions.get(name)

@@ -363,3 +363,28 @@ def test_thorough_adds_restarts_and_square_and_breaks_at_least_what_standard_bre
     assert thorough.strength == "thorough" and thorough.restarts == 5
     assert thorough.attack == "APGD-CE + APGD-T + Square Linf (10 steps, 9 targets, 5 restarts; Square, 300 queries)"
     assert thorough.curve[-1].robust.value <= standard.curve[-1].robust.value + 1 / 60
+
+
+def test_ece_per_epsilon(demo_model: LoadedModel, sample: ImageDataset) -> None:
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    data = sample.take(torch.arange(60))
+    check = AdversarialAttack(strength="fast", epsilons=(0.0, 0.02, 0.5), steps=10, sanity_samples=0, examples=0)
+    result = check.run(demo_model.model, data, engine=engine())
+    clean, small, huge = result.curve
+    with torch.no_grad():
+        probs = torch.softmax(demo_model.model(data.images.float() / 255).double(), dim=1)
+    # epsilon 0: the clean outputs
+    assert clean.ece == pytest.approx(float(multiclass_calibration_error(probs, data.labels, 10, norm="l1")), abs=1e-5)
+    assert clean.confidence == pytest.approx(float(probs.max(dim=1).values.mean()), abs=1e-5)
+    # a huge epsilon breaks every image: all answers wrong, so ECE is the mean confidence
+    assert huge.robust.value == 0.0
+    assert huge.confidence is not None and huge.ece == pytest.approx(huge.confidence, abs=1e-9)
+    assert small.ece is not None and 0 <= small.ece <= 1
+    m = result.metrics()
+    for p in result.curve:
+        assert m[f"attack.ece[norm=linf,eps={p.eps:g}]"] == p.ece
+    assert {r.name: r.direction for r in result.metric_records()}["attack.ece[norm=linf,eps=0.5]"] == "lower"
+    from auditkit.results import Conditions
+
+    assert any(f.metric == "attack.ece[norm=linf,eps=0.5]" for f in result.findings(Conditions()))

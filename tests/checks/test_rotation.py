@@ -102,7 +102,11 @@ def test_sweep_does_not_depend_on_batch_size(demo_model: LoadedModel, test_data:
     )
     a = check.run(demo_model.model, data, engine=Engine(device="cpu", batch_size=1, progress=False))
     b = check.run(demo_model.model, data, engine=Engine(device="cpu", batch_size=64, progress=False))
-    assert a.metrics() == b.metrics()
+    ma, mb = a.metrics(), b.metrics()
+    assert ma.keys() == mb.keys()
+    # counts are exact; the ECE comes from float32 probabilities, whose last bits depend on the batch
+    assert {k: v for k, v in ma.items() if ".ece[" not in k} == {k: v for k, v in mb.items() if ".ece[" not in k}
+    assert {k: v for k, v in ma.items() if ".ece[" in k} == pytest.approx({k: v for k, v in mb.items() if ".ece[" in k})
 
 
 def test_metrics_names_for_gates(demo_run: Path) -> None:
@@ -205,3 +209,45 @@ def test_grid_sizes_are_capped_with_a_message_naming_the_flags() -> None:
     with pytest.raises(ConfigError, match="shift_steps"):
         AuditConfig.build({"model": "m", "data": "digits", "shift_steps": 101})
     assert ShortcutSettings(shift_steps=100).shift_steps == 100
+
+
+def test_ece_per_angle_matches_torchmetrics(demo_model: LoadedModel, test_data: ImageDataset) -> None:
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    from auditkit.ops.perturb import Affine, rotations
+
+    data = load_dataset(test_data.source, class_names=demo_model.spec.class_names, limit=120)
+    angles = (-90.0, 0.0, 30.0)
+    result = RotationSweep(angles=angles, spatial=False).run(
+        demo_model.model, data, engine=Engine(device="cpu", batch_size=50, progress=False)
+    )
+    model = demo_model.model.eval()
+    x = data.images.float() / 255
+    m = result.metrics()
+    for point in result.points:
+        # the same rotation, outside the engine: one forward of every image, then torchmetrics
+        turned = Affine()(x, rotations(torch.tensor([point.angle] * len(x), dtype=torch.float64)))
+        with torch.no_grad():
+            probs = torch.softmax(model(turned).double(), dim=1)
+        ref = float(multiclass_calibration_error(probs, data.labels, 10, n_bins=15, norm="l1"))
+        assert point.ece == pytest.approx(ref, abs=1e-4), point.angle
+        assert point.confidence == pytest.approx(float(probs.max(dim=1).values.mean()), abs=1e-5)
+        assert m[f"rotation.ece[angle={point.angle:g}]"] == point.ece
+    names = {r.name: r.direction for r in result.metric_records()}
+    assert names["rotation.ece[angle=30]"] == "lower"
+    html = result.report_context()["confidence_svg"]
+    assert html.startswith("<svg") and "mean confidence" in html
+
+
+def test_demo_rotation_calibration(demo_run: Path) -> None:
+    from auditkit.results import Conditions, RunResults
+
+    results = RunResults.read(demo_run / "results.json")
+    result = results.check(RotationResult)
+    assert result is not None
+    m = results.metrics
+    assert m["rotation.ece[angle=0]"] == pytest.approx(m["clean.ece"], abs=1e-6)  # the clean pass, float32 softmax
+    worst = next(p for p in result.points if p.angle == result.worst_angle)
+    assert worst.confidence is not None and worst.confidence > worst.accuracy.value  # confidently wrong when turned
+    assert any(f.metric == f"rotation.ece[angle={worst.angle:g}]" for f in result.findings(Conditions()))
+    assert "Does the model know when it fails?" in (demo_run / "index.html").read_text()

@@ -234,3 +234,47 @@ def test_subgroups_cli_group_option(demo_run: Path, tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["subgroups", model, data, "--group", "hospital", "--out", str(tmp_path / "p")])
     assert bad.exit_code == 2
     assert "'hospital' is not a column of the data; available: ['site']" in bad.output
+
+
+def test_ece_per_group_is_a_metric(predictions: dict[str, np.ndarray]) -> None:
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    from auditkit.checks.subgroups import SubgroupResult
+    from auditkit.ops.metrics import wilson_interval
+
+    p = predictions
+    groups, disparities = subgroup_stats(
+        y_true=p["y"],
+        y_pred=p["pred"],
+        confidence=p["conf"],
+        columns={"skin": list(p["skin"])},
+        class_names=CLASSES,
+        min_support=200,
+    )
+    result = SubgroupResult(
+        attributes=("skin",),
+        min_support=200,
+        alpha=0.05,
+        class_names=CLASSES,
+        overall=wilson_interval(int((p["y"] == p["pred"]).sum()), len(p["y"])),
+        groups=groups,
+        disparities=disparities,
+        notes=(),
+    )
+    m = result.metrics()
+    correct = p["y"] == p["pred"]
+    for g in groups:
+        mask = p["skin"] == g.value
+        # top-label ECE is the binary calibration error of (confidence, correct): torchmetrics, 15 bins
+        ref = float(
+            binary_calibration_error(
+                torch.from_numpy(p["conf"][mask]), torch.from_numpy(correct[mask]).long(), n_bins=15
+            )
+        )
+        assert g.ece == pytest.approx(ref, abs=1e-6)
+        if g.sufficient:
+            assert m[f"subgroups.ece[{g.key}]"] == g.ece
+        else:
+            assert math.isnan(m[f"subgroups.ece[{g.key}]"])  # too few images: not a number to gate on
+    assert {r.name: r.direction for r in result.metric_records()}["subgroups.ece[skin=light]"] == "lower"
+    assert any(not g.sufficient for g in groups) and any(g.sufficient for g in groups)

@@ -92,7 +92,7 @@ def test_opens_offline_in_chromium_with_the_verdict_first(demo_run: Path, width:
         page.goto((demo_run / "index.html").resolve().as_uri())
         page.wait_for_load_state("load")
         assert page.locator("h1").inner_text() == "Model audit report"
-        assert page.locator("#clean svg").count() == 2
+        assert page.locator("#clean svg").count() == 3  # per class, confusion matrix, reliability diagram
         assert page.locator("#clean .gallery img").count() > 0
         assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), page.evaluate(
