@@ -49,6 +49,8 @@ class SeverityPoint:
     severity: int
     accuracy: Interval
     per_class: tuple[Interval, ...]
+    #: expected calibration error of the answers on the corrupted images (15 equal-width bins)
+    ece: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ class CorruptionResult(CheckResult):
             for p in c.points:
                 key = f"corruption={c.name},severity={p.severity}"
                 out.append(Metric.of(f"corrupt.accuracy[{key}]", p.accuracy))
+                out.append(Metric(f"corrupt.ece[{key}]", p.ece, "lower"))
                 if per_class:
                     for name, ci in zip(self.class_names, p.per_class, strict=True):
                         if ci.n:
@@ -388,20 +391,24 @@ class CorruptionSweep(Check):
         clean = engine.predict(model, data)
         n = len(data)
 
-        def run(b: Batch) -> tuple[int, int, Tensor]:
+        def run(b: Batch) -> tuple[int, int, Tensor, Tensor]:
             out = torch.empty(b.x.shape[0], len(pairs), dtype=torch.int64)
+            conf = torch.empty(b.x.shape[0], len(pairs), dtype=torch.float64)
             for j, (name, severity) in enumerate(pairs):
                 logits = model(corrupt_batch(b, name, severity))
                 pred = logits.argmax(dim=1).masked_fill(~torch.isfinite(logits).all(dim=1), -1)
                 out[:, j] = pred.cpu()
+                conf[:, j] = torch.softmax(logits.detach().double(), dim=1).amax(dim=1).cpu()
                 b.report((j + 1) / len(pairs))
-            return b.start, b.stop, out
+            return b.start, b.stop, out, conf
 
         preds = torch.empty(n, len(pairs), dtype=torch.int64)
+        confidence = torch.empty(n, len(pairs), dtype=torch.float64)
         with engine.counting_nonfinite():  # non-finite logits are counted per corruption below, then refused
             loop = engine.map(run, data, description="corruption sweep", per_image=len(pairs), unit="corrupted images")
-            for start, stop, part in loop:
+            for start, stop, part, conf_part in loop:
                 preds[start:stop] = part
+                confidence[start:stop] = conf_part
         bad = preds < 0
         if bool(bad.any()):  # never score a NaN logit as an answer
             where = [
@@ -413,7 +420,7 @@ class CorruptionSweep(Check):
             )
         labels = data.labels
         correct = preds == labels.unsqueeze(1)
-        curves = self._curves(names, correct, labels, data.num_classes)
+        curves = self._curves(names, correct, labels, data.num_classes, confidence)
         self._publish(engine, data, names, pairs, correct, curves)
         everything = correct.double().mean(dim=1) if pairs else torch.zeros(0)
         means = [c.mean_accuracy.value for c in curves]
@@ -446,8 +453,11 @@ class CorruptionSweep(Check):
         )
 
     def _curves(
-        self, names: tuple[str, ...], correct: Tensor, labels: Tensor, k_classes: int
+        self, names: tuple[str, ...], correct: Tensor, labels: Tensor, k_classes: int, confidence: Tensor
     ) -> tuple[CorruptionCurve, ...]:
+        """``correct`` and ``confidence``: ``(N, corruptions x severities)``, corruption-major."""
+        from auditkit.ops.calibration import ece
+
         n_sev = len(self.severities)
         masks = [labels == c for c in range(k_classes)]
         curves = []
@@ -458,6 +468,7 @@ class CorruptionSweep(Check):
                     severity=s,
                     accuracy=wilson_interval(int(block[:, j].sum()), len(block)),
                     per_class=tuple(wilson_interval(int(block[m, j].sum()), int(m.sum())) for m in masks),
+                    ece=ece(confidence[:, i * n_sev + j].numpy(), block[:, j].numpy()) if len(block) else math.nan,
                 )
                 for j, s in enumerate(self.severities)
             )

@@ -56,17 +56,21 @@ def swept(trained: tuple[nn.Module, ImageDataset]) -> tuple[CorruptionResult, En
     return result, engine
 
 
-def _independent_predictions(net: nn.Module, data: ImageDataset, name: str, severity: int) -> np.ndarray:
+def _independent_logits(net: nn.Module, data: ImageDataset, name: str, severity: int) -> torch.Tensor:
     """The corrupted images rebuilt batch by batch with the ops (the engine's batch seeds), then one plain
-    forward pass each."""
-    preds = []
+    forward pass each: logits ``(N, 10)``."""
+    logits = []
     x = data.images.float() / 255
     for start in range(0, N, BATCH):
         seed = pair_seed(batch_seed(3, "corruption sweep", start), name, severity)
         xc = corrupt(x[start : start + BATCH], name, severity, torch.Generator().manual_seed(seed))
         with torch.no_grad():
-            preds.append(net(xc).argmax(1))
-    return torch.cat(preds).numpy()
+            logits.append(net(xc))
+    return torch.cat(logits)
+
+
+def _independent_predictions(net: nn.Module, data: ImageDataset, name: str, severity: int) -> np.ndarray:
+    return _independent_logits(net, data, name, severity).argmax(1).numpy()
 
 
 def test_metrics_match_an_independent_computation(
@@ -105,6 +109,22 @@ def test_metrics_match_an_independent_computation(
     assert metrics["corrupt.mean_drop"] == pytest.approx(clean - result.mean_accuracy.value)
     seven = data.labels.numpy() == 7
     assert metrics["corrupt.mean_accuracy[class=7]"] == pytest.approx(float(np.mean(np.array(every)[:, seven])))
+
+
+@pytest.mark.parametrize(("name", "severity"), [("contrast", 5), ("gaussian_noise", 3), ("pixelate", 1)])
+def test_calibration_under_corruption_matches_torchmetrics(
+    trained: tuple[nn.Module, ImageDataset], swept: tuple[CorruptionResult, Engine], name: str, severity: int
+) -> None:
+    """corrupt.ece[...] is the ECE (15 equal-width bins) of the answers on exactly the corrupted images."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    net, data = trained
+    result, _ = swept
+    logits = _independent_logits(net, data, name, severity).double()
+    reference = float(multiclass_calibration_error(logits.softmax(1), data.labels, num_classes=10, n_bins=15))
+    point = next(p for p in result.curve(name).points if p.severity == severity)
+    assert point.ece == pytest.approx(reference, abs=1e-6)
+    assert result.metrics()[f"corrupt.ece[corruption={name},severity={severity}]"] == point.ece
 
 
 def test_per_image_outcomes_are_published_and_broken_down_per_group(
