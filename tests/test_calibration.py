@@ -226,3 +226,16 @@ def test_non_finite_logits_and_bad_arguments_are_refused() -> None:
     with pytest.raises(AuditkitError, match="binning must be one of equal-width, equal-mass"):
         C.ece(np.array([0.5]), np.array([1]), binning="quantile")  # type: ignore[arg-type]
     assert math.isnan(C.ece(np.array([]), np.array([])))
+
+
+def test_labels_that_do_not_fit_the_scores_are_refused() -> None:
+    from auditkit.exceptions import ConfigError
+    from auditkit.ops.calibration import brier_score, nll
+
+    probs = np.full((3, 4), 0.25)
+    with pytest.raises(ConfigError, match="one label per row"):
+        brier_score(probs, [0, 1])
+    with pytest.raises(ConfigError, match=r"class indices in \[0, 4\)"):
+        nll(np.zeros((3, 4)), [0, 1, -1])
+    with pytest.raises(ConfigError, match=r"class indices in \[0, 4\)"):
+        brier_score(probs, [0, 1, 4])

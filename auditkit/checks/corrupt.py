@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -283,7 +284,11 @@ def parse_corruptions(text: str | None) -> tuple[str, ...] | None:
     """``"fog,pixelate"`` -> the names (checked against the catalogue); ``None``/empty: all that apply."""
     if text is None or not text.strip():
         return None
-    return check_names([t.strip() for t in text.split(",") if t.strip()])
+    names = check_names([t.strip() for t in text.split(",") if t.strip()])
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--corruptions names {', '.join(twice)} more than once; list each corruption once")
+    return names
 
 
 def parse_severities(text: str) -> tuple[int, ...]:
@@ -301,15 +306,26 @@ def parse_severities(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(check_severities(values))))
 
 
-def pair_seed(batch_seed: int, name: str, severity: int) -> int:
-    """A 63-bit seed for one corruption at one severity of the batch seeded ``batch_seed``."""
-    digest = hashlib.blake2b(f"{batch_seed}\x1f{name}\x1f{severity}".encode(), digest_size=8).digest()
+def image_seed(seed: int, index: int, name: str, severity: int) -> int:
+    """A 63-bit seed for one corruption at one severity of image ``index`` (its position in the dataset) in
+    a run seeded ``seed``: independent of the batch the image lands in (batch size, out-of-memory halving,
+    ranks, resume)."""
+    digest = hashlib.blake2b(f"{seed}\x1f{index}\x1f{name}\x1f{severity}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
-def corrupt_batch(b: Batch, name: str, severity: int) -> Tensor:
+def corrupt_images(x: Tensor, indices: Sequence[int], seed: int, name: str, severity: int) -> Tensor:
+    """Images ``x`` ``(B, C, H, W)`` (dataset positions ``indices``) under one corruption, as the sweep
+    corrupts them: each image with its own generator (:func:`image_seed`)."""
+    if not CORRUPTIONS[name].random:
+        return corrupt(x, name, severity)
+    gens = [torch.Generator().manual_seed(image_seed(seed, int(i), name, severity)) for i in indices]
+    return corrupt(x, name, severity, gens)
+
+
+def corrupt_batch(b: Batch, seed: int, name: str, severity: int) -> Tensor:
     """Batch ``b``'s images ``(B, C, H, W)`` under one corruption, as the check's sweep produces them."""
-    return corrupt(b.x, name, severity, torch.Generator().manual_seed(pair_seed(b.seed, name, severity)))
+    return corrupt_images(b.x, range(b.start, b.stop), seed, name, severity)
 
 
 class CorruptSettings(Settings):
@@ -364,11 +380,19 @@ class CorruptionSweep(Check):
     def __init__(
         self,
         *,
-        corruptions: tuple[str, ...] | None = None,
-        severities: tuple[int, ...] = SEVERITIES,
+        corruptions: str | Sequence[str] | None = None,
+        severities: str | Sequence[int] = SEVERITIES,
         strips: int = 3,
     ) -> None:
-        self.corruptions = check_names(list(corruptions)) if corruptions is not None else None
+        """``corruptions``: names, or the comma text the CLI takes (``None``: all that apply);
+        ``severities``: 1 to 5, or ``"1,3,5"`` / ``"1:5"``."""
+        if isinstance(corruptions, str):
+            corruptions = parse_corruptions(corruptions)
+        elif corruptions is not None:
+            corruptions = parse_corruptions(",".join(corruptions))
+        self.corruptions = corruptions
+        if isinstance(severities, str):
+            severities = parse_severities(severities)
         self.severities = tuple(sorted(set(check_severities(list(severities)))))
         self.strips = strips
 
@@ -395,7 +419,7 @@ class CorruptionSweep(Check):
             out = torch.empty(b.x.shape[0], len(pairs), dtype=torch.int64)
             conf = torch.empty(b.x.shape[0], len(pairs), dtype=torch.float64)
             for j, (name, severity) in enumerate(pairs):
-                logits = model(corrupt_batch(b, name, severity))
+                logits = model(corrupt_batch(b, engine.seed, name, severity))
                 pred = logits.argmax(dim=1).masked_fill(~torch.isfinite(logits).all(dim=1), -1)
                 out[:, j] = pred.cpu()
                 conf[:, j] = torch.softmax(logits.detach().double(), dim=1).amax(dim=1).cpu()
@@ -529,11 +553,15 @@ class CorruptionSweep(Check):
 
         def run(b: Batch) -> list[tuple[str, Tensor, Tensor]]:
             out = []
+            where = [int(i) for i in picked[b.start : b.stop]]  # dataset positions: the sweep's own pictures
             for c in worst:
-                shown = torch.cat([corrupt_batch(b, c.name, s) for s in self.severities])
-                out.append(
-                    (c.name, (shown * 255).round().clamp(0, 255).to(torch.uint8).cpu(), model(shown).argmax(1).cpu())
-                )
+                shown = torch.cat([corrupt_images(b.x, where, engine.seed, c.name, s) for s in self.severities])
+                logits = model(shown)
+                if not bool(torch.isfinite(logits).all()):
+                    raise NonFiniteOutputError(
+                        f"corruption examples: the model returned NaN or infinite logits on {c.name}"
+                    )
+                out.append((c.name, (shown * 255).round().clamp(0, 255).to(torch.uint8).cpu(), logits.argmax(1).cpu()))
             return out
 
         (rows,) = list(engine.map(run, sample, description="corruption examples"))

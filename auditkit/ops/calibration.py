@@ -214,10 +214,20 @@ def mce(confidence: ArrayLike, correct: ArrayLike, *, bins: int = DEFAULT_BINS) 
     return calibration_errors(confidence, correct, bins=bins)[1]
 
 
+def _labels(labels: ArrayLike, n: int, k: int) -> NDArray[np.int64]:
+    """``labels`` ``(N,)`` as class indices, refused unless there is one per row and each is in ``[0, K)``."""
+    y = np.asarray(labels).astype(np.int64).ravel()
+    if len(y) != n:
+        raise ConfigError(f"calibration needs one label per row of scores: {len(y)} labels for {n} rows")
+    if len(y) and (y.min() < 0 or y.max() >= k):
+        raise ConfigError(f"labels must be class indices in [0, {k}), got values from {y.min()} to {y.max()}")
+    return y
+
+
 def brier_score(probs: ArrayLike, labels: ArrayLike) -> float:
     """Multiclass Brier score ``mean_i sum_k (p_ik - onehot_ik)^2`` in ``[0, 2]`` of ``probs`` ``(N, K)``."""
     p = _float_array(probs, 2, "probs")
-    y = np.asarray(labels).astype(np.int64).ravel()
+    y = _labels(labels, p.shape[0], p.shape[1])
     if p.shape[0] == 0:
         return math.nan
     onehot = np.zeros_like(p)
@@ -228,7 +238,7 @@ def brier_score(probs: ArrayLike, labels: ArrayLike) -> float:
 def nll(logits: ArrayLike, labels: ArrayLike) -> float:
     """Mean negative log-likelihood (natural log) of ``labels`` ``(N,)`` under ``logits`` ``(N, K)``."""
     logp = log_softmax(logits)
-    y = np.asarray(labels).astype(np.int64).ravel()
+    y = _labels(labels, logp.shape[0], logp.shape[1])
     if logp.shape[0] == 0:
         return math.nan
     return float(-logp[np.arange(len(y)), y].mean())

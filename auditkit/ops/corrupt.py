@@ -22,7 +22,7 @@ Every op is batched; only ``jpeg_compression`` encodes image by image (torchvisi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -398,28 +398,26 @@ def _displacement(b: int, h: int, w: int, alpha: float, generator: torch.Generat
 
     As imagecorruptions' elastic transform: uniform noise of amplitude ``0.005 * H`` blurred by a Gaussian
     of sigma ``0.01 * (H, W)`` (truncated at 3 sigma, symmetric borders), times ``alpha``, drawn on a grid
-    ``k`` times finer (``k = ceil(224 / min(H, W))``) so that it has its 224 px shape, averaged over k x k
-    cells (in one strided pass), then scaled by ``min(H, W) / 224`` (the same deformation relative to the
-    image at every size; exactly the reference at 224 px).
+    ``k`` times finer (``k = ceil(224 / min(H, W))``) so that it has its 224 px shape, read at the centre of
+    each k x k cell (strided convolutions), then scaled by ``min(H, W) / 224`` (the same deformation relative
+    to the image at every size; exactly the reference at 224 px).
     """
     k = max(1, math.ceil(REFERENCE_SIZE / min(h, w)))
     hf, wf = h * k, w * k
     amp = 0.005 * hf
     noise = (torch.rand((b * 2, 1, hf, wf), generator=generator, device=generator.device) * 2 - 1) * amp
     noise = noise.to(device)
-    box = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    o = k // 2  # each coarse pixel reads the smoothed fine field at its centre (no averaging: same spread)
 
     def kernel(sigma: float) -> tuple[Tensor, int]:
         r = int(3 * sigma + 0.5)
-        g = _gauss1d(sigma, r, torch.device("cpu")).double()
-        c = F.conv1d(g[None, None], box.flip(0)[None, None], padding=k - 1)[0, 0]
-        return c.float().to(device), r
+        return _gauss1d(sigma, r, torch.device("cpu")).float().to(device), r
 
     kw, rw = kernel(0.01 * wf)
     kh, rh = kernel(0.01 * hf)
-    field = _pad(noise, (rw, rw + k - 1, rh, rh + k - 1), "symmetric")
-    field = F.conv2d(field, kw[None, None, None, :], stride=(1, k))
-    field = F.conv2d(field, kh[None, None, :, None], stride=(k, 1))
+    field = _pad(noise, (rw, rw, rh, rh), "symmetric")
+    field = F.conv2d(field[..., :, o:], kw[None, None, None, :], stride=(1, k))
+    field = F.conv2d(field[..., o:, :], kh[None, None, :, None], stride=(k, 1))
     scale = alpha * min(h, w) / REFERENCE_SIZE
     return field[..., :h, :w].reshape(b, 2, h, w) * scale
 
@@ -533,9 +531,14 @@ def check_severities(severities: tuple[int, ...] | list[int]) -> tuple[int, ...]
     return tuple(severities)
 
 
-def corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator | None = None) -> Tensor:
+def corrupt(
+    x: Tensor, name: str, severity: int, generator: torch.Generator | Sequence[torch.Generator] | None = None
+) -> Tensor:
     """Corruption ``name`` at ``severity`` (1 to 5) of ``x`` ``(B, C, H, W)`` float in ``[0, 1]``, C = 1 or 3
-    -> ``(B, C, H, W)`` float in ``[0, 1]`` on the same device. Random corruptions need ``generator``."""
+    -> ``(B, C, H, W)`` float32 in ``[0, 1]`` on the same device, always computed in full precision (autocast
+    off). Random corruptions need ``generator``: one for the batch, or one per image — then each image's
+    corruption depends on its own generator alone, not on which images share its batch (what the check
+    uses, so results do not move with the batch size)."""
     check_names([name])
     check_severities([severity])
     spec = CORRUPTIONS[name]
@@ -547,4 +550,13 @@ def corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator | No
         if spec.random:
             raise ConfigError(f"{name} draws random numbers: pass a torch.Generator")
         generator = torch.Generator()
-    return spec.fn(x.float(), severity, generator)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        if isinstance(generator, torch.Generator):
+            return spec.fn(x.float(), severity, generator).float()
+        gens = list(generator)
+        if len(gens) != x.shape[0]:
+            raise ConfigError(f"one generator per image: got {len(gens)} for {x.shape[0]} images")
+        if not spec.random:
+            return spec.fn(x.float(), severity, gens[0] if gens else torch.Generator()).float()
+        parts = [spec.fn(x[i : i + 1].float(), severity, g) for i, g in enumerate(gens)]
+        return (torch.cat(parts) if parts else x.float()).float()
