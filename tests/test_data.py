@@ -202,3 +202,68 @@ def test_streamed_file_changed_during_the_audit_is_a_data_error(manifest_dir: Pa
     (manifest_dir / "imgs" / "2.png").write_bytes(b"gone")
     with pytest.raises(DataError, match=r"2\.png: could not be read during the audit"):
         data.images[0:4]
+
+
+# --- the mask column (foreground masks for the shortcut probes' background and position probes)
+
+
+def _masked_manifest(root: Path, mask_rows: list[str], size: int = 10) -> Path:
+    rows = ["path,label,mask"]
+    for i, mask in enumerate(mask_rows):
+        write_png(root / "imgs" / f"{i}.png", np.full((size, size), 100 + i))
+        rows.append(f"imgs/{i}.png,{i % 2},{mask}")
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    return root / "m.csv"
+
+
+def test_mask_column_is_loaded_as_boolean_foreground(tmp_path: Path) -> None:
+    m = np.zeros((10, 10), dtype=np.uint8)
+    m[2:5, 3:7] = 255
+    write_png(tmp_path / "masks" / "a.png", m)
+    data = load_dataset(_masked_manifest(tmp_path, ["masks/a.png", ""]))
+    assert data.masks is not None and data.masks.shape == (2, 1, 10, 10) and data.masks.dtype == torch.bool
+    assert data.masks[0, 0].nonzero().tolist() == np.argwhere(m > 0).tolist()
+    assert not data.masks[1].any()  # an empty cell: no foreground for that image
+    assert data.metadata["mask"] == ("masks/a.png", "")
+    picked = data.take(torch.tensor([1, 0]))
+    assert picked.masks is not None and picked.masks[1].equal(data.masks[0])
+
+
+def test_masks_follow_the_images_resize_and_change_the_hash(tmp_path: Path) -> None:
+    m = np.zeros((10, 10), dtype=np.uint8)
+    m[:, :5] = 1  # any non-zero value is foreground
+    write_png(tmp_path / "masks" / "a.png", m)
+    manifest = _masked_manifest(tmp_path, ["masks/a.png"])
+    data = load_dataset(manifest, image_size=(20, 20))
+    assert data.masks is not None and data.masks.shape == (1, 1, 20, 20)
+    assert data.masks[0, 0, :, :10].all() and not data.masks[0, 0, :, 10:].any()
+    before = data.sha256
+    write_png(tmp_path / "masks" / "a.png", np.zeros((10, 10)))
+    assert load_dataset(manifest, image_size=(20, 20)).sha256 != before
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        ("masks/missing.png", "mask file 'masks/missing.png' not found"),
+        ("../outside.png", "escapes the manifest's folder"),
+        ("masks/small.png", "is 4x4 px but its image is 10x10"),
+        ("masks/bad.png", "cannot read mask"),
+    ],
+)
+def test_bad_masks_are_one_line_data_errors(tmp_path: Path, mask: str, message: str) -> None:
+    write_png(tmp_path / "masks" / "small.png", np.zeros((4, 4)))
+    (tmp_path / "masks" / "bad.png").write_bytes(b"not a png")
+    write_png(tmp_path.parent / "outside.png", np.zeros((10, 10)))
+    with pytest.raises(DataError, match=message) as err:
+        load_dataset(_masked_manifest(tmp_path, [mask]))
+    assert "\n" not in str(err.value) and "m.csv row 2" in str(err.value)
+
+
+def test_with_masks_checks_the_shape() -> None:
+    from auditkit.inputs.data import with_masks
+
+    data = load_dataset("digits", limit=3)
+    assert with_masks(data, torch.ones(3, 28, 28)).masks is not None
+    with pytest.raises(DataError, match=r"masks must have shape \(3, 1, 28, 28\)"):
+        with_masks(data, torch.ones(2, 1, 28, 28))

@@ -334,15 +334,20 @@ def _disparity(attribute: str, groups: list[GroupStats], alpha: float) -> Dispar
     )
 
 
+#: columns that describe an image's geometry (a mask file, a box), never a group of people or sites
+NOT_GROUPS: frozenset[str] = frozenset({"mask", "x0", "y0", "x1", "y1"})
+
+
 def resolve_group_columns(data: ImageDataset, requested: Sequence[str]) -> list[str]:
-    """The requested columns (checked), or every metadata column with 2 to 20 distinct values."""
+    """The requested columns (checked), or every metadata column with 2 to 20 distinct values, except a
+    mask column and box coordinates."""
     available = sorted(data.metadata)
     if requested:
         missing = [c for c in requested if c not in data.metadata]
         if missing:
             raise ConfigError(f"--group {missing[0]!r} is not a column of the data; available: {available or 'none'}")
         return list(requested)
-    return [c for c in available if 2 <= len(set(data.metadata[c])) <= MAX_AUTO_LEVELS]
+    return [c for c in available if c not in NOT_GROUPS and 2 <= len(set(data.metadata[c])) <= MAX_AUTO_LEVELS]
 
 
 class SubgroupSettings(Settings):

@@ -182,6 +182,8 @@ class ImageDataset:
     ``labels``: ``(N,)`` int64 class indices into ``class_names``; ``metadata`` maps a column
     name to ``N`` string values; ``ids`` name each sample (relative path or index) for reports.
     ``class_source`` says where the class order came from (see :data:`CLASS_SOURCES`).
+    ``masks``: ``(N, 1, H, W)`` bool foreground masks (True = object) from a manifest's ``mask``
+    column or :func:`with_masks`, or ``None``; an image without a mask has an all-False one.
     """
 
     images: Images
@@ -195,6 +197,7 @@ class ImageDataset:
     skipped: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
     class_source: str = "label indices"
+    masks: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -218,6 +221,7 @@ class ImageDataset:
             labels=self.labels[idx],
             metadata={k: tuple(v[i] for i in picked) for k, v in self.metadata.items()},
             ids=tuple(self.ids[i] for i in picked),
+            masks=self.masks[idx] if self.masks is not None else None,
         )
 
 
@@ -378,6 +382,50 @@ def _resolve_in(base: Path, raw: str, where: str) -> Path:
     if not full.is_relative_to(base):
         raise DataError(f"{where}: path {raw!r} escapes the manifest's folder {base}; rejected")
     return full
+
+
+MASK_COLUMN = "mask"
+
+
+def with_masks(data: ImageDataset, masks: Tensor) -> ImageDataset:
+    """``data`` with foreground ``masks`` ``(N, 1, H, W)`` (or ``(N, H, W)``; non-zero = object) attached."""
+    m = torch.as_tensor(masks)
+    if m.ndim == 3:
+        m = m[:, None]
+    _, _, h, w = data.images.shape
+    if m.ndim != 4 or m.shape[0] != len(data) or m.shape[1] != 1 or tuple(m.shape[-2:]) != (h, w):
+        raise DataError(f"masks must have shape ({len(data)}, 1, {h}, {w}), one per image; got {tuple(m.shape)}")
+    return dataclasses.replace(data, masks=(m != 0).contiguous())
+
+
+def _load_masks(
+    raws: Sequence[str], images: Sequence[Path], base: Path, wheres: Sequence[str], hw: tuple[int, int], o: LoadOptions
+) -> Tensor:
+    """The ``mask`` column's PNGs as ``(N, 1, H, W)`` bool (non-zero = foreground; empty cell = no mask).
+
+    Paths are resolved and confined like image paths; each mask must have its image file's size and
+    goes through the same resize/crop (nearest neighbour)."""
+    conform = dataclasses.replace(o.preprocess, interpolation="nearest", antialias=False)
+    out = torch.zeros((len(raws), 1, *hw), dtype=torch.bool)
+    for i, (raw, image, where) in enumerate(zip(raws, images, wheres, strict=True)):
+        if not raw:
+            continue
+        path = _resolve_in(base, raw, where)
+        if not path.is_file():
+            raise DataError(f"{where}: mask file {raw!r} not found")
+        try:
+            m = decode_image(path, mode="L")
+            with Image.open(image) as img:
+                size = (img.height, img.width)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{where}: cannot read mask {raw!r}: {' '.join(str(exc).split())[:160]}") from exc
+        if tuple(m.shape[-2:]) != size:
+            raise DataError(
+                f"{where}: mask {raw!r} is {m.shape[-1]}x{m.shape[-2]} px but its image is {size[1]}x{size[0]}; "
+                "a mask must have its image's size"
+            )
+        out[i] = conform.apply((m != 0).to(torch.uint8) * 255, hw) > 127
+    return out
 
 
 def _subset(n: int, limit: int | None, sample: int | None, seed: int) -> np.ndarray:
@@ -936,7 +984,12 @@ def _load_manifest(path: Path, o: LoadOptions) -> ImageDataset:
     meta_cols = [c for c in fields if c not in ("path", "label")]
     notes = _read_card(path)
     metadata = {c: [(records[i].get(c) or "").strip() for i in kept] for c in meta_cols}
-    return _finish(
+    masks = None
+    if MASK_COLUMN in fields:
+        hw = (int(found.images.shape[-2]), int(found.images.shape[-1]))
+        masks = _load_masks(metadata[MASK_COLUMN], [rows[i][0] for i in kept], base, [rows[i][2] for i in kept], hw, o)
+        found.digest.update(b"masks" + masks.numpy().tobytes())
+    dataset = _finish(
         images=found.images,
         labels=labels_all[picked][kept],
         class_names=names,
@@ -949,6 +1002,7 @@ def _load_manifest(path: Path, o: LoadOptions) -> ImageDataset:
         digest=found.digest,
         class_source=source,
     )
+    return dataclasses.replace(dataset, masks=masks) if masks is not None else dataset
 
 
 def card_path(manifest: Path) -> Path:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from auditkit.checks.subgroups import GroupStats, normalise_column, subgroup_stats
 from auditkit.cli import app
 from auditkit.engine.loop import Outcome
+from auditkit.inputs.data import ImageDataset
 from auditkit.ops.metrics import expected_calibration_error, holm
 
 CLASSES = ("cat", "dog", "emu")
@@ -278,3 +279,26 @@ def test_ece_per_group_is_a_metric(predictions: dict[str, np.ndarray]) -> None:
             assert math.isnan(m[f"subgroups.ece[{g.key}]"])  # too few images: not a number to gate on
     assert {r.name: r.direction for r in result.metric_records()}["subgroups.ece[skin=light]"] == "lower"
     assert any(not g.sufficient for g in groups) and any(g.sufficient for g in groups)
+
+
+def test_masks_and_boxes_are_never_groups() -> None:
+    """Automatic grouping takes metadata columns with 2-20 values, but not a mask path or box coordinates."""
+    from auditkit.checks.subgroups import resolve_group_columns
+
+    n = 12
+    data = ImageDataset(
+        images=torch.zeros(n, 1, 8, 8, dtype=torch.uint8),
+        labels=torch.zeros(n, dtype=torch.long),
+        class_names=("a", "b"),
+        metadata={
+            "site": tuple("AB"[i % 2] for i in range(n)),
+            "mask": tuple(f"m{i % 3}.png" for i in range(n)),
+            **{k: tuple(str(i % 2) for i in range(n)) for k in ("x0", "y0", "x1", "y1")},
+        },
+        ids=tuple(str(i) for i in range(n)),
+        source="t",
+        format="npz",
+        sha256="0",
+    )
+    assert resolve_group_columns(data, ()) == ["site"]
+    assert resolve_group_columns(data, ("x0",)) == ["x0"]  # asked for by name, it is used
