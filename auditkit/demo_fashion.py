@@ -52,7 +52,7 @@ FASHION_AUDIT_SAMPLE = 1000
 FASHION_EPSILONS = "0,0.01,0.02,0.05,0.1"  # Linf, [0, 1] pixels
 FASHION_STEPS = 20  # APGD steps (standard strength): 100 by default; 20 keeps the CPU demo to minutes
 #: subgroups is left out: IDX files carry no metadata column to group by
-FASHION_CHECKS: tuple[str, ...] = ("clean", "rotation", "attack", "saliency")
+FASHION_CHECKS: tuple[str, ...] = ("clean", "rotation", "attack", "corrupt", "saliency")
 FASHION_POLICY = """\
 # The Fashion-MNIST demo's CI gate (auditkit gate results.json --policy policy.toml); see docs/ci.md.
 [[rule]]

@@ -280,6 +280,7 @@ AUDIT = "audit {m} digits --angles 0 --no-spatial --epsilons 0 --methods salienc
 SALIENCY = "saliency {m} digits --methods saliency" + LIGHT
 SHORTCUT = "shortcut {m} digits --shift-steps 1" + LIGHT
 SUBGROUPS = "subgroups {m} digits" + LIGHT
+CORRUPT = "corrupt {m} digits --corruptions contrast --severities 1" + LIGHT
 HARDEN = "harden {m} digits --limit 32 --epochs 1 --epsilons 0,0.01 --no-progress --out {out}"
 GATE = "gate {res} --policy {r}/pol-ok.toml"
 NOT_A_FLAG_VALUE = "does not take a value"
@@ -554,6 +555,20 @@ ROWS: list[Any] = [
     ("occlusion-unknown", 2, "occlusion", SHORTCUT + " --occlusion erase"),
     ("shift-negative", 2, "shift", SHORTCUT + " --shift -1"),
     ("shift-steps-zero", 2, "shift_steps", SHORTCUT + " --shift-steps 0"),
+    ("boxes-unknown", 2, "boxes", SHORTCUT + " --boxes both"),
+    ("positions-one", 2, "positions", SHORTCUT + " --positions 1"),
+    ("position-background-unknown", 2, "position_background", SHORTCUT + " --position-background grey"),
+    # --- corrupt
+    ("corruptions-unknown", 2, "corruptions: must be among", CORRUPT + " --corruptions fogg"),
+    ("corruptions-twice", 2, "more than once", CORRUPT + " --corruptions fog,fog"),
+    ("corruption-needs-rgb", 2, "needs RGB images", CORRUPT + " --corruptions saturate"),
+    ("severities-six", 2, "severities: must be integers from 1 to 5", CORRUPT + " --severities 6"),
+    ("severities-text", 2, "severities: must be integers", CORRUPT + " --severities mild"),
+    # --- the findings' conditions (rotate: its rows are written out; the other commands' are generated)
+    ("rotate-warn-drop-above-1", 2, "warn_drop", ROTATE + " --warn-drop 2"),
+    ("rotate-fail-drop-negative", 2, "fail_drop", ROTATE + " --fail-drop -0.1"),
+    ("rotate-warn-gap-above-fail", 2, "warn_gap (0.5) must not exceed fail_gap", ROTATE + " --warn-gap 0.5"),
+    ("rotate-fail-gap-text", 2, "--fail-gap", ROTATE + " --fail-gap wide"),
     # --- subgroups
     ("group-not-a-column", 2, "--group 'hospital' is not a column", SUBGROUPS + " --group hospital"),
     ("min-support-zero", 2, "min_support", SUBGROUPS + " --min-support 0"),
@@ -656,6 +671,10 @@ ROWS: list[Any] = [
 # one malformed value per shared option, run on every audit command (rotate's rows are above) and
 # harden: option -> (label, the malformed words, exit code, needle)
 SHARED_BAD: dict[str, tuple[str, str, int, str]] = {
+    "--warn-drop": ("above-1", "--warn-drop 2", 2, "warn_drop"),
+    "--fail-drop": ("negative", "--fail-drop -0.1", 2, "fail_drop"),
+    "--warn-gap": ("above-fail", "--warn-gap 0.5", 2, "warn_gap (0.5) must not exceed fail_gap"),
+    "--fail-gap": ("text", "--fail-gap wide", 2, "--fail-gap"),
     "--arch": ("no-colon", "--arch digits_cnn", 2, "--arch must look like"),
     "--num-classes": ("zero", "--num-classes 0", 2, "num_classes"),
     "--input-size": ("zero", "--input-size 0 28", 2, "input_size"),
@@ -695,6 +714,11 @@ SHARED_BAD: dict[str, tuple[str, str, int, str]] = {
 # one malformed value per check option, on ``audit`` (which takes every check's options); the check's
 # own command has its rows above. option -> (label, words, code, needle[, xfail reason])
 CHECK_BAD: dict[str, tuple[Any, ...]] = {
+    "--corruptions": ("unknown", "--corruptions fogg", 2, "corruptions: must be among"),
+    "--severities": ("zero", "--severities 0", 2, "severities: must be integers from 1 to 5"),
+    "--boxes": ("unknown", "--boxes both", 2, "boxes"),
+    "--positions": ("eight", "--positions 8", 2, "positions"),
+    "--position-background": ("unknown", "--position-background grey", 2, "position_background"),
     "--angles": ("text", "--angles left", 2, "--angles takes"),
     "--mean-range": ("negative", "--mean-range -1", 2, "mean_range"),
     "--fraction-of-clean": ("above-1", "--fraction-of-clean 2", 2, "fraction_of_clean"),
@@ -736,7 +760,14 @@ CHECK_BAD: dict[str, tuple[Any, ...]] = {
     "--min-support": ("zero", "--min-support 0", 2, "min_support"),
     "--bins": ("text", "--bins many", 2, "--bins"),
 }
-COMMANDS = {"audit": AUDIT, "attack": ATTACK, "saliency": SALIENCY, "shortcut": SHORTCUT, "subgroups": SUBGROUPS}
+COMMANDS = {
+    "audit": AUDIT,
+    "attack": ATTACK,
+    "corrupt": CORRUPT,
+    "saliency": SALIENCY,
+    "shortcut": SHORTCUT,
+    "subgroups": SUBGROUPS,
+}
 
 
 def _cli_options(command: str) -> set[str]:
@@ -800,7 +831,9 @@ def test_table_ids_are_unique() -> None:
     assert len(ids) == len(set(ids)), [i for i in ids if ids.count(i) > 1]
 
 
-PREFIXES = sorted([ROTATE, ATTACK, AUDIT, SALIENCY, SHORTCUT, SUBGROUPS, HARDEN, GATE, LIGHT], key=len, reverse=True)
+PREFIXES = sorted(
+    [ROTATE, ATTACK, AUDIT, CORRUPT, SALIENCY, SHORTCUT, SUBGROUPS, HARDEN, GATE, LIGHT], key=len, reverse=True
+)
 
 
 def _malformed_options(cmd: str) -> tuple[str, set[str]]:

@@ -93,6 +93,10 @@ def test_audit_ran_on_a_sample_of_the_real_test_split(fashion_demo: FashionDemoO
     assert kinds[:5] == ["clean", "rotation", "attack", "corrupt", "saliency"] and "gate" in kinds
     # trained on real data: far above chance (10%) even with 4,000 images and 2 epochs
     assert doc["metrics"]["clean.accuracy"] > 0.6
+    # the corruption sweep ran on the real images: every corruption for grey images, and its heat map
+    corrupt = next(c["result"] for c in doc["checks"] if c["kind"] == "corrupt")
+    assert len(corrupt["curves"]) == 14 and 0 < doc["metrics"]["corrupt.mean_accuracy"] < 1
+    assert 'id="corrupt"' in (fashion_demo.out / "index.html").read_text()
 
 
 def test_rotation_has_a_per_class_curve(fashion_demo: FashionDemoOutput) -> None:

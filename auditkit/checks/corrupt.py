@@ -345,8 +345,10 @@ class CorruptSettings(Settings):
     def _names(cls, value: str | None) -> str | None:
         try:
             parse_corruptions(value)
-        except ConfigError:
+        except ConfigError as exc:
             unknown = [t.strip() for t in (value or "").split(",") if t.strip() and t.strip() not in CORRUPTIONS]
+            if not unknown:  # known names, refused for another reason (one named twice)
+                raise ValueError(str(exc).removeprefix("--corruptions ")) from None
             raise ValueError(f"must be among {', '.join(CORRUPTIONS)}; unknown: {', '.join(unknown)}") from None
         return value
 
