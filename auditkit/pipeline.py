@@ -182,14 +182,22 @@ def read_class_names(value: str | None) -> tuple[str, ...] | None:
     return names
 
 
+#: the layout of the batches a run saves; raised whenever a check's saved batch outputs change (2: the
+#: rotation and attack batches carry confidences, the corruption sweep's per-image draws), so batches saved
+#: by older code are refused by ``--resume`` rather than misread
+BATCH_FORMAT = "2"
+
+
 def resume_key(config: AuditConfig, loaded: LoadedModel, data: ImageDataset, engine: Engine) -> dict[str, str]:
-    """What a saved partial run must match to be resumed: model, data, settings, device, version."""
+    """What a saved partial run must match to be resumed: model, data, settings, device, version and the
+    saved batches' layout."""
     return {
         "model": loaded.sha256,
         "data": data.sha256,
         "config": run_key(config.as_pairs()),
         "device": engine.device.type,
         "auditkit": __version__,
+        "batches": BATCH_FORMAT,
     }
 
 

@@ -156,3 +156,17 @@ def test_corruption_sweep_resumes_to_the_identical_result(tmp_path: Path) -> Non
     assert engine.restored == 5 + 2 and engine.computed == 3
     fresh = check.run(net, data, engine=Engine(device="cpu", batch_size=8, progress=False, seed=1)).metrics()
     assert resumed == fresh
+
+
+def test_batches_saved_by_older_code_are_refused_not_misread(tmp_path: Path) -> None:
+    """A partial run saved before the batch layout changed (its run.json has no 'batches' entry) is
+    refused by name, even when model, data and settings match."""
+    from auditkit.exceptions import ConfigError
+    from auditkit.pipeline import BATCH_FORMAT
+
+    describe = {"model": "m", "data": "d", "config": "c", "device": "cpu", "auditkit": "0.1.0"}
+    old = tmp_path / RESUME_DIR / "old"
+    old.mkdir(parents=True)
+    (old / "run.json").write_text(json.dumps(describe))
+    with pytest.raises(ConfigError, match=r"made with a different batches;"):
+        BatchStore.open(tmp_path, "new", resume=True, describe={**describe, "batches": BATCH_FORMAT})
