@@ -423,17 +423,7 @@ def paired_newcombe(a: Tensor, b: Tensor, confidence: float = 0.95) -> Interval:
 
 def t_interval(values: Tensor, confidence: float = 0.95) -> Interval:
     """Mean of per-sample scores ``(N,)`` (any sign) with a t interval."""
-    from scipy import stats
-
-    v = values.double().numpy()
-    n = len(v)
-    if n == 0:
-        return Interval(math.nan, math.nan, math.nan, 0, confidence)
-    m = float(v.mean())
-    if n < 2 or float(v.std()) == 0.0:
-        return Interval(m, m, m, n, confidence)
-    low, high = stats.t.interval(confidence, n - 1, loc=m, scale=stats.sem(v))
-    return Interval(m, float(low), float(high), n, confidence)
+    return mean_interval(values, confidence, clip=False)
 
 
 class Stamp:

@@ -62,8 +62,9 @@ class ConfusionAccumulator:
         return self._counts.copy()
 
 
-def mean_interval(values: Tensor, confidence: float = 0.95) -> Interval:
-    """Mean of per-sample scores ``(N,)`` in [0, 1] with a t interval, clipped to [0, 1]."""
+def mean_interval(values: Tensor, confidence: float = 0.95, *, clip: bool = True) -> Interval:
+    """Mean of per-sample scores ``(N,)`` with a t interval, clipped to [0, 1] (scores in [0, 1]) unless
+    ``clip`` is off (scores of any sign)."""
     v = values.double().numpy()
     n = len(v)
     if n == 0:
@@ -72,6 +73,8 @@ def mean_interval(values: Tensor, confidence: float = 0.95) -> Interval:
     if n < 2 or float(v.std()) == 0.0:
         return Interval(m, m, m, n, confidence)
     low, high = stats.t.interval(confidence, n - 1, loc=m, scale=stats.sem(v))
+    if not clip:
+        return Interval(m, float(low), float(high), n, confidence)
     return Interval(m, max(0.0, float(low)), min(1.0, float(high)), n, confidence)
 
 
