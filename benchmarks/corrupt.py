@@ -23,6 +23,7 @@ Each part runs its four measurements round-robin (``--repeats``, ``--rgb-repeats
 time of each: the machine may be shared.
 
 Usage: python benchmarks/corrupt.py [--n 200] [--rgb-n 24] [--rgb-size 224] [--repeats 3] [--threads 1]
+       [--device cpu|cuda]
 The demo model is trained first when --model-dir has none (``auditkit demo`` writes one).
 """
 
@@ -61,20 +62,31 @@ def reference_module() -> Any:
     return icc
 
 
+#: where the model runs and auditkit corrupts (--device); imagecorruptions always corrupts on the CPU
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def forward_all(model: nn.Module, x: Tensor, batch: int) -> Tensor:
-    """Predictions ``(N,)`` of ``x`` ``(N, C, H, W)`` in batches."""
+    """Predictions ``(N,)`` of ``x`` ``(N, C, H, W)`` (on any device) in batches, on the CPU."""
     with torch.inference_mode():
-        return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
+        return torch.cat([model(x[i : i + batch].to(DEVICE)).argmax(1).cpu() for i in range(0, len(x), batch)])
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    sync()
     start = time.perf_counter()
     out = fn()
+    sync()
     return time.perf_counter() - start, out
 
 
 def sweep(model: nn.Module, data: ImageDataset, names: tuple[str, ...], batch: int) -> tuple[float, CorruptionResult]:
-    engine = Engine(device="cpu", batch_size=batch, progress=False)
+    engine = Engine(device=str(DEVICE), batch_size=batch, progress=False)
     check = CorruptionSweep(corruptions=names, strips=0)
     seconds, result = timed(lambda: check.run(model, data, engine=engine))
     return seconds, result
@@ -82,13 +94,15 @@ def sweep(model: nn.Module, data: ImageDataset, names: tuple[str, ...], batch: i
 
 def corrupt_only(data: ImageDataset, names: tuple[str, ...], batch: int) -> float:
     """Seconds to corrupt every image with every corruption x severity in ``batch``-sized batches, no model."""
-    x = data.images.float() / 255
+    x = data.images.to(DEVICE).float() / 255
+    sync()
     start = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(x), batch):
             for name in names:
                 for severity in SEVERITIES:
                     corrupt(x[i : i + batch], name, severity, torch.Generator().manual_seed(i))
+    sync()
     return time.perf_counter() - start
 
 
@@ -143,10 +157,12 @@ def compare(
     common = tuple(n for n in every if n != "scale")
     passes = len(every) * len(SEVERITIES) + 1
     print(f"\n## {title}: {len(data)} images {tuple(data.images.shape[1:])}, best of {repeats}")
-    warm = data.images[:2].float() / 255  # first calls load libjpeg etc.: not part of any figure
+    if model is not None:
+        model = model.to(DEVICE)
+    warm = data.images[:2].to(DEVICE).float() / 255  # first calls load libjpeg etc.: not part of any figure
     for name in every:
         corrupt(warm, name, 1, torch.Generator())
-    x = data.images.float() / 255
+    x = data.images.to(DEVICE).float() / 255
     net = model if model is not None else nn.Identity()
     best: dict[str, float] = {}
     ref_parts = (0.0, 0.0)
@@ -233,7 +249,10 @@ def main() -> None:
     ap.add_argument("--rgb-ops-only", action="store_true", help="part 2: time the corrupting only (no model)")
     ap.add_argument("--skip-digits", action="store_true", help="part 2 only")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu", help="where the model runs and auditkit corrupts (cpu, cuda)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
         import cv2
@@ -249,7 +268,7 @@ def main() -> None:
     loaded = load_model(root / "model" / "model.safetensors")
     data = load_dataset(root / "data" / "test.csv", class_names=loaded.spec.class_names, limit=args.n)
     start = time.perf_counter()
-    print(f"corruptions: {', '.join(CORRUPTIONS)}; threads {torch.get_num_threads()}")
+    print(f"corruptions: {', '.join(CORRUPTIONS)}; device {DEVICE}; threads {torch.get_num_threads()}")
     if not args.skip_digits:
         compare("demo digits CNN", loaded.model.eval(), data, args.batch_size, repeats=args.repeats, accuracies=True)
     if args.rgb_n > 0:

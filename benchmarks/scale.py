@@ -74,7 +74,7 @@ def write_model(folder: Path, size: int, channels: int) -> Path:
     return save_model(small_cnn(num_classes=10, in_channels=channels), spec, folder / "model.safetensors")
 
 
-def child(model: str, data: str, out: str, stream: str, batch_size: int) -> None:
+def child(model: str, data: str, out: str, stream: str, batch_size: int, device: str) -> None:
     """One audit in this process; prints a JSON line with its time and peak RSS."""
     from auditkit.config import AuditConfig
     from auditkit.pipeline import run_audit, write_outputs
@@ -84,7 +84,7 @@ def child(model: str, data: str, out: str, stream: str, batch_size: int) -> None
         model=model,
         data=data,
         out=out,
-        device="cpu",
+        device=device,
         batch_size=batch_size,
         checks=CHECKS,
         angles="-30:30:15",
@@ -146,7 +146,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         model, data, out, stream = args.child
-        child(model, data, out, stream, batch_size=args.batch_size)
+        child(model, data, out, stream, batch_size=args.batch_size, device=args.device)
         return
     scales = [int(s) for s in args.scales.split(",")]
     streams = ["on", "off"] if args.stream == "both" else [args.stream]
@@ -173,7 +173,7 @@ def main() -> None:
             first: dict[str, float] | None = None
             for scale in scales:
                 data = write_manifest(root / f"data{scale}", scale, args.image_size, args.channels)
-                cmd = [sys.executable, __file__, "--batch-size", str(args.batch_size)]
+                cmd = [sys.executable, __file__, "--batch-size", str(args.batch_size), "--device", args.device]
                 cmd += ["--child", str(model), str(data), str(root / "out"), stream]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 row = json.loads(done.stdout.strip().splitlines()[-1])
