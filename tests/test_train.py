@@ -154,3 +154,10 @@ def test_train_config_rejects_bad_settings(kwargs: dict[str, object], message: s
 def test_label_names_the_method() -> None:
     assert TrainConfig(method="pgd", eps=0.1, rotate=45).label == "PGD-7 Linf eps 0.1 + rotation ±45°"
     assert TrainConfig(rotate=30).label == "rotation ±30°"
+
+
+def test_describe_leaves_out_validation_figures_it_does_not_have() -> None:
+    bare = EpochLog(epoch=1, loss=0.5, accuracy=0.75)
+    assert bare.describe() == "loss 0.5000, train acc 75.0%"
+    full = _log(1, pgd=0.4, fgsm=0.5)
+    assert full.describe() == "loss 1.0000, train acc 50.0%, val clean 90.0%, val PGD-10 40.0%, val FGSM 50.0%"

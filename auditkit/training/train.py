@@ -108,9 +108,11 @@ class EpochLog:
     val_fgsm: float = math.nan
 
     def describe(self) -> str:
-        """``loss 0.1234, train acc 95.0%, val clean 94.0%[, val PGD-10 …, val FGSM …]``."""
-        extra = "" if math.isnan(self.val_pgd) else f", val PGD-10 {self.val_pgd:.1%}, val FGSM {self.val_fgsm:.1%}"
-        return f"loss {self.loss:.4f}, train acc {self.accuracy:.1%}, val clean {self.val_clean:.1%}{extra}"
+        """``loss 0.1234, train acc 95.0%[, val clean 94.0%][, val PGD-10 …, val FGSM …]`` (no validation
+        figures when there was no validation split)."""
+        extra = "" if math.isnan(self.val_clean) else f", val clean {self.val_clean:.1%}"
+        extra += "" if math.isnan(self.val_pgd) else f", val PGD-10 {self.val_pgd:.1%}, val FGSM {self.val_fgsm:.1%}"
+        return f"loss {self.loss:.4f}, train acc {self.accuracy:.1%}{extra}"
 
 
 @dataclass(frozen=True)
