@@ -4,7 +4,8 @@ For each norm (linf: eps 0, 0.01, 0.02, 0.05, 0.1; l2: eps 0, 0.25, 0.5, 1, 2), 
 images, it computes the robust-accuracy curve and the wall time of the whole curve of:
 
 auditkit fast          AdversarialAttack(strength="fast"): PGD-20, early stopping, nested epsilons
-auditkit standard      AdversarialAttack(strength="standard"): APGD-CE then APGD-T (9 targets), 100 steps
+auditkit standard      AdversarialAttack(strength="standard"): APGD-CE then APGD-T (3 targets, ranked at
+                       APGD-CE's strongest point), 100 steps each
 AutoAttack standard    Croce & Hein's version='standard', built from torchattacks' ports: per epsilon,
                        APGD-CE (100 steps, 1 restart), APGD-T (9 targets, 100 steps), FAB-T (9 targets,
                        100 steps) and Square (5000 queries, p_init 0.8), each on the points still robust

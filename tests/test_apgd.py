@@ -18,17 +18,19 @@ from auditkit.ops.apgd import (
     dlr_loss,
     loss_values,
     margin_loss,
+    ranked_targets,
     standard_attack,
     targeted_dlr_loss,
 )
-from auditkit.ops.attacks import PGD, Norm
+from auditkit.ops.attacks import PGD
 from auditkit.zoo import digits_cnn
-from tests.conftest import NaNAfter, small_digits_cnn
+from tests.conftest import NaNAfter, adversarial_digits_cnn, small_digits_cnn
 
 N_IMAGES = 100
 STEPS = 50
-N_TARGETS = 3  # APGD-T targets; torchattacks' APGDT attacks n_classes - 1 of them
-EPS: dict[str, float] = {"linf": 0.08, "l2": 1.0}  # robust accuracy in the middle for the CNN below
+AA_TARGETS = 9  # AutoAttack's APGD-T targets (torchattacks' APGDT attacks n_classes - 1 of them)
+# robust accuracy in the middle for each model below
+EPS: dict[str, dict[str, float]] = {"plain": {"linf": 0.08, "l2": 1.0}, "adversarial": {"linf": 0.05, "l2": 1.0}}
 TA_NORM = {"linf": "Linf", "l2": "L2"}
 
 
@@ -38,10 +40,17 @@ def data() -> tuple[nn.Module, Tensor, Tensor]:
     return small_digits_cnn(N_IMAGES)
 
 
+@pytest.fixture(scope="module")
+def adversarial() -> tuple[nn.Module, Tensor, Tensor]:
+    """The same CNN trained adversarially (PGD-5, Linf 0.1), and ``N_IMAGES`` test images."""
+    return adversarial_digits_cnn(N_IMAGES)
+
+
 @dataclass
 class Run:
-    """Robust accuracies (fractions) of the attacks at one norm and eps, and our outputs."""
+    """Robust accuracies (fractions) of the attacks on one model at one norm and eps, and our outputs."""
 
+    model: str
     eps: float
     adv_ce: Tensor
     success_ce: Tensor
@@ -59,32 +68,34 @@ def _robust(net: nn.Module, adv: Tensor, y: Tensor) -> Tensor:
         return net(adv).argmax(dim=1) == y
 
 
-@pytest.fixture(scope="module", params=["linf", "l2"])
-def run(request: pytest.FixtureRequest, data: tuple[nn.Module, Tensor, Tensor]) -> tuple[str, Run]:
-    norm: Norm = request.param
-    net, x, y = data
-    eps = EPS[norm]
+@pytest.fixture(
+    scope="module", params=[("plain", "linf"), ("plain", "l2"), ("adversarial", "linf"), ("adversarial", "l2")]
+)
+def run(
+    request: pytest.FixtureRequest,
+    data: tuple[nn.Module, Tensor, Tensor],
+    adversarial: tuple[nn.Module, Tensor, Tensor],
+) -> tuple[str, Run]:
+    """Ours (APGD-CE; ``standard_attack``: APGD-CE then APGD-T against 3 targets ranked where APGD-CE
+    stands) against torchattacks' port of AutoAttack's APGD-CE then APGD-T against its 9 targets."""
+    which, norm = request.param
+    net, x, y = data if which == "plain" else adversarial
+    eps = EPS[which][norm]
     adv_ce, success_ce = APGD(norm=norm, steps=STEPS)(net, x, y, eps, generator=torch.Generator().manual_seed(0))
     adv_std, success_std = standard_attack(
-        net,
-        x,
-        y,
-        eps,
-        norm=norm,
-        generator=torch.Generator().manual_seed(0),
-        steps=STEPS,
-        n_targets=N_TARGETS,
+        net, x, y, eps, norm=norm, generator=torch.Generator().manual_seed(0), steps=STEPS
     )
     ref_ce = torchattacks.APGD(net, norm=TA_NORM[norm], eps=eps, steps=STEPS, n_restarts=1, seed=0, loss="ce")
     robust = _robust(net, ref_ce(x, y), y)
     idx = torch.nonzero(robust).flatten()
     ref_t = torchattacks.APGDT(
-        net, norm=TA_NORM[norm], eps=eps, steps=STEPS, n_restarts=1, seed=0, n_classes=N_TARGETS + 1
+        net, norm=TA_NORM[norm], eps=eps, steps=STEPS, n_restarts=1, seed=0, n_classes=AA_TARGETS + 1
     )
     robust_std = robust.clone()
     robust_std[idx] = _robust(net, ref_t(x[idx], y[idx]), y[idx])
     _, success_pgd = PGD(norm=norm, steps=20)(net, x, y, eps, generator=torch.Generator().manual_seed(0))
     result = Run(
+        model=which,
         eps=eps,
         adv_ce=adv_ce,
         success_ce=success_ce,
@@ -96,8 +107,8 @@ def run(request: pytest.FixtureRequest, data: tuple[nn.Module, Tensor, Tensor]) 
         ref_std=robust_std.float().mean().item(),
         pgd=1 - success_pgd.float().mean().item(),
     )
-    accs = {k: round(v, 3) for k, v in result.__dict__.items() if isinstance(v, float) and k != "eps"}
-    print(f"\n{norm} eps={eps} images={N_IMAGES} steps={STEPS} robust accuracy: {accs}")
+    accs = {k: round(v, 3) for k, v in result.__dict__.items() if isinstance(v, float) and k not in ("eps", "model")}
+    print(f"\n{which} {norm} eps={eps} images={N_IMAGES} steps={STEPS} robust accuracy: {accs}")
     return norm, result
 
 
@@ -123,10 +134,10 @@ def test_apgd_is_at_least_as_strong_as_pgd20(run: tuple[str, Run]) -> None:
 
 
 def test_outputs_are_in_ball_and_box_and_success_is_true(
-    run: tuple[str, Run], data: tuple[nn.Module, Tensor, Tensor]
+    run: tuple[str, Run], data: tuple[nn.Module, Tensor, Tensor], adversarial: tuple[nn.Module, Tensor, Tensor]
 ) -> None:
     norm, r = run
-    net, x, y = data
+    net, x, y = data if r.model == "plain" else adversarial
     for adv, success in ((r.adv_ce, r.success_ce), (r.adv_std, r.success_std)):
         assert adv.shape == x.shape and success.shape == y.shape and success.dtype == torch.bool
         assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
@@ -145,7 +156,7 @@ def test_model_parameters_get_no_gradients(run: tuple[str, Run], data: tuple[nn.
 @pytest.mark.parametrize("attack", [APGD(norm="linf", steps=10), APGD(norm="l2", loss="dlr", targeted=True, steps=5)])
 def test_same_seed_same_output(attack: APGD, data: tuple[nn.Module, Tensor, Tensor]) -> None:
     net, x, y = data
-    eps = EPS[attack.norm] / 2
+    eps = EPS["plain"][attack.norm] / 2
     first = attack(net, x[:32], y[:32], eps, generator=torch.Generator().manual_seed(7))
     second = attack(net, x[:32], y[:32], eps, generator=torch.Generator().manual_seed(7))
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
@@ -185,7 +196,7 @@ def test_targeted_runs_head_for_the_given_target(loss: str, data: tuple[nn.Modul
     for targeted in (True, False):
         attack = APGD(loss=loss, targeted=targeted, steps=20)  # type: ignore[arg-type]
         goal = target if targeted else None
-        adv, success = attack(net, x, y, EPS["linf"], generator=torch.Generator().manual_seed(0), target=goal)
+        adv, success = attack(net, x, y, EPS["plain"]["linf"], generator=torch.Generator().manual_seed(0), target=goal)
         with torch.no_grad():
             pred = net(adv).argmax(dim=1)
         assert int(success.sum()) >= 30
@@ -232,3 +243,42 @@ def test_nan_logits_raise(first_bad: int, where: str) -> None:
         y = net.inner(x).argmax(dim=1)  # all clean-correct, so the attack runs
     with pytest.raises(NonFiniteOutputError, match=where):
         APGD(steps=10)(net, x, y, 0.01)
+
+
+def test_run_returns_the_strongest_point(data: tuple[nn.Module, Tensor, Tensor]) -> None:
+    """``run`` gives, where the attack failed, the highest-loss iterate: inside the ball, and with a
+    higher cross-entropy than the clean image; where it succeeded, the adversarial image itself."""
+    net, x, y = data
+    eps = EPS["plain"]["linf"] / 2
+    adv, success, strongest = APGD(norm="linf", steps=20).run(
+        net, x, y, eps, generator=torch.Generator().manual_seed(0)
+    )
+    assert 0 < int(success.sum()) < len(y)
+    assert torch.equal(strongest[success], adv[success]) and torch.equal(adv[~success], x[~success])
+    assert float((strongest - x).abs().amax()) <= eps + 1e-6
+    with torch.no_grad():
+        before = F.cross_entropy(net(x[~success]), y[~success], reduction="none")
+        after = F.cross_entropy(net(strongest[~success]), y[~success], reduction="none")
+    assert bool((after > before).all())
+
+
+def test_ranked_targets_are_the_highest_other_logits_in_order() -> None:
+    logits = torch.tensor([[0.0, 5.0, 1.0, 3.0, 2.0], [4.0, 0.0, 9.0, 1.0, 3.0]])
+    net = nn.Sequential(nn.Flatten(), nn.Identity())
+    goals = ranked_targets(net, logits, torch.tensor([1, 0]), 3)
+    assert goals.tolist() == [[3, 4, 2], [2, 4, 3]]
+
+
+def test_a_target_matrix_attacks_each_column_in_turn(data: tuple[nn.Module, Tensor, Tensor]) -> None:
+    """Targets ``(B, T)``: the union of what the single-column runs break, with the same seeds."""
+    net, x, y = data
+    with torch.no_grad():
+        order = net(x).argsort(dim=1, descending=True)
+    attack = APGD(loss="dlr", targeted=True, steps=10)
+    eps = EPS["plain"]["linf"]
+    _, both = attack(net, x, y, eps, generator=torch.Generator().manual_seed(0), target=order[:, 1:3])
+    _, first = attack(net, x, y, eps, generator=torch.Generator().manual_seed(0), target=order[:, 1])
+    assert bool((first <= both).all()) and int(both.sum()) >= int(first.sum())
+    assert APGD(loss="dlr", targeted=True, n_targets=2, steps=10)(
+        net, x, y, eps, generator=torch.Generator().manual_seed(0)
+    )[1].equal(both)

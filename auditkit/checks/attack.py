@@ -4,11 +4,12 @@ The attack at each epsilon is set by ``--strength``:
 
 - ``fast``: PGD-20 on the cross-entropy (:class:`auditkit.ops.attacks.PGD`), for smoke runs. Its
   robust accuracy is a loose upper bound.
-- ``standard`` (the default): APGD-CE, then targeted APGD-DLR on the survivors
-  (:mod:`auditkit.ops.apgd`; Croce & Hein 2020), AutoAttack's standard gradient attacks.
-- ``thorough``: ``standard`` with 5 restarts of APGD-CE, then the gradient-free Square attack (5,000
-  queries; Andriushchenko et al. 2020, :mod:`auditkit.ops.square`) on the images still standing. It also
-  runs, alone, on a model that gives gradient attacks no gradient signal.
+- ``standard`` (the default): APGD-CE, then targeted APGD-DLR on the survivors against the 3 classes
+  the model scores highest where APGD-CE left each image (:mod:`auditkit.ops.apgd`; Croce & Hein 2020):
+  AutoAttack's standard gradient attacks, with 3 targets chosen there instead of 9 chosen on the clean image.
+- ``thorough``: APGD-CE with 5 restarts, APGD-T against 9 targets (AutoAttack's number), then the
+  gradient-free Square attack (5,000 queries; Andriushchenko et al. 2020, :mod:`auditkit.ops.square`) on
+  the images still standing. It also runs, alone, on a model that gives gradient attacks no gradient signal.
 
 ``--loss ce|dlr|margin`` and ``--target next|random|least-likely|top-k`` replace the strength's attacks
 by one custom APGD run (strength ``custom``).
@@ -33,7 +34,7 @@ from auditkit.engine.loop import Batch, Engine, Outcome, Predictions
 from auditkit.exceptions import ConfigError
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
-from auditkit.ops.apgd import APGD, LOSSES, Loss, standard_attack
+from auditkit.ops.apgd import APGD, AUTOATTACK_TARGETS, LOSSES, STANDARD_TARGETS, Loss, standard_attack
 from auditkit.ops.attacks import NORMS, PGD, Norm, Progress, part
 from auditkit.ops.calibration import DEFAULT_BINS, ece
 from auditkit.ops.metrics import wilson_interval
@@ -399,6 +400,7 @@ class AdversarialAttack(Check):
         self.epsilons = epsilons if epsilons is not None else DEFAULT_EPSILONS[norm]
         self.steps = steps or DEFAULT_STEPS[strength]
         self.restarts = restarts or (THOROUGH_RESTARTS if strength == "thorough" else 1)
+        self.n_targets = AUTOATTACK_TARGETS if strength == "thorough" else STANDARD_TARGETS
         self.pgd = (
             PGD.fgsm(norm=norm, targeted=targeted)
             if attack == "fgsm"
@@ -426,7 +428,7 @@ class AdversarialAttack(Check):
         return self.strength in ("standard", "thorough") or self.custom is not None
 
     def attack_name(self, num_classes: int) -> str:
-        """What runs at each epsilon, e.g. ``APGD-CE + APGD-T Linf (100 steps, 9 targets)``."""
+        """What runs at each epsilon, e.g. ``APGD-CE + APGD-T Linf (100 steps, 3 targets)``."""
         if self.attack.startswith("foolbox:"):
             args = ", ".join(f"{k}={v!r}" for k, v in self.foolbox_kwargs.items())
             return f"{self.attack}({args})" if args else self.attack
@@ -440,12 +442,12 @@ class AdversarialAttack(Check):
         extra = f", {self.restarts} restarts" if self.restarts > 1 else ""
         if self.square_only:
             return f"Square {norm} ({self.square.queries} queries; no gradient signal for APGD)"
+        targets = min(self.n_targets, num_classes - 1)
         if self.strength == "thorough":
             extra += f"; Square, {self.square.queries} queries"
             if num_classes < 4:
                 return f"APGD-CE + Square {norm} ({self.steps} steps{extra}; APGD-T needs 4 classes)"
-            return f"APGD-CE + APGD-T + Square {norm} ({self.steps} steps, {min(9, num_classes - 1)} targets{extra})"
-        targets = min(9, num_classes - 1)
+            return f"APGD-CE + APGD-T + Square {norm} ({self.steps} steps, {targets} targets{extra})"
         if num_classes < 4:
             return f"APGD-CE {norm} ({self.steps} steps{extra}; APGD-T needs 4 classes)"
         return f"APGD-CE + APGD-T {norm} ({self.steps} steps, {targets} targets{extra})"
@@ -482,6 +484,7 @@ class AdversarialAttack(Check):
             generator=generator,
             steps=self.steps,
             restarts=self.restarts,
+            n_targets=self.n_targets,
             num_classes=num_classes,
             progress=part(progress, 0.0, gradient_share),
         )

@@ -69,7 +69,7 @@ def test_demo_report_has_attack_and_all_checks_pass(demo_run: Path) -> None:
     result = RunResults.read(demo_run / "results.json").check(AttackResult)
     assert result is not None
     assert [p.eps for p in result.curve] == [0.0, 0.01, 0.02, 0.05, 0.1]
-    assert result.strength == "standard" and result.attack == "APGD-CE + APGD-T Linf (20 steps, 9 targets)"
+    assert result.strength == "standard" and result.attack == "APGD-CE + APGD-T Linf (20 steps, 3 targets)"
     assert all(s.passed for s in result.soundness)
     assert result.curve[-1].robust.value < 0.3
     assert result.examples and all(e.adv_pred != e.label for e in result.examples)
@@ -234,7 +234,7 @@ def test_convergence_check_fires_on_fast_and_stays_quiet_on_standard(
     )
     assert isinstance(fast, AttackResult) and isinstance(standard, AttackResult)
     assert fast.strength == "fast" and standard.strength == "standard"
-    assert fast.attack == "PGD-20 Linf" and standard.attack.startswith("APGD-CE + APGD-T Linf (50 steps, 9 targets")
+    assert fast.attack == "PGD-20 Linf" and standard.attack.startswith("APGD-CE + APGD-T Linf (50 steps, 3 targets")
     assert not _soundness(fast)["converged"], fast.soundness[-1].explanation
     assert _soundness(standard)["converged"], standard.soundness[-1].explanation
     # the second attack broke more of what fast left standing than of what standard did (what it breaks
