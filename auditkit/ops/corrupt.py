@@ -67,9 +67,9 @@ def size_scale(x: Tensor) -> float:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
-    """Uniform ``[0, 1)`` float32 of ``shape`` drawn on the generator's device, moved to ``device``."""
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+def _rand(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """Uniform ``[0, 1)`` float32 of ``shape`` drawn on the generator's device."""
+    return torch.rand(shape, generator=generator, device=generator.device)
 
 
 def _pad(x: Tensor, pad: tuple[int, int, int, int], mode: str) -> Tensor:
@@ -144,23 +144,47 @@ def rgb_to_hsv_value(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def gaussian_noise(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Add N(0, c^2) to every value."""
-    c = GAUSSIAN_NOISE[severity - 1]
-    noise = torch.randn(tuple(x.shape), generator=generator, device=generator.device).to(x.device)
-    return (x + c * noise).clamp(0, 1)
+    return _gaussian_noise_apply(x, severity, _gaussian_noise_draw(x, severity, generator))
+
+
+def _gaussian_noise_draw(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    return torch.randn(tuple(x.shape), generator=generator, device=generator.device)
+
+
+def _gaussian_noise_apply(x: Tensor, severity: int, noise: Tensor) -> Tensor:
+    return (x + GAUSSIAN_NOISE[severity - 1] * noise.to(x.device)).clamp(0, 1)
 
 
 def shot_noise(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Poisson photon noise: ``Poisson(x * c) / c``."""
+    return _clamp_apply(x, severity, _shot_noise_draw(x, severity, generator))
+
+
+def _shot_noise_draw(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     c = SHOT_NOISE[severity - 1]
     rate = (x.float() * c).to(generator.device)
-    return (torch.poisson(rate, generator=generator) / c).to(x.device).clamp(0, 1)
+    return torch.poisson(rate, generator=generator) / c
+
+
+def _clamp_apply(x: Tensor, severity: int, drawn: Tensor) -> Tensor:
+    return drawn.to(x.device).clamp(0, 1)
 
 
 def impulse_noise(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Salt and pepper: each value independently becomes 1 or 0 (even odds) with probability c."""
+    return _impulse_noise_apply(x, severity, _impulse_noise_draw(x, severity, generator))
+
+
+def _impulse_noise_draw(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    """``(B, 2, C, H, W)`` bool: which values flip, and to salt (1) or pepper (0)."""
     c = IMPULSE_NOISE[severity - 1]
-    flip = _rand(tuple(x.shape), generator, x.device) < c
-    salt = _rand(tuple(x.shape), generator, x.device) < 0.5
+    flip = _rand(tuple(x.shape), generator) < c
+    salt = _rand(tuple(x.shape), generator) < 0.5
+    return torch.stack([flip, salt], dim=1)
+
+
+def _impulse_noise_apply(x: Tensor, severity: int, drawn: Tensor) -> Tensor:
+    flip, salt = drawn.to(x.device).unbind(dim=1)
     return torch.where(flip, salt.to(x.dtype), x)
 
 
@@ -243,9 +267,17 @@ def _shift_sum(x: Tensor, dy: Tensor, dx: Tensor, weights: Tensor) -> Tensor:
 
 def motion_blur(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Motion blur along a direction drawn per image from U(-45, 45) degrees; radius and sigma ``* s``."""
+    return _motion_blur_apply(x, severity, _motion_blur_draw(x, severity, generator))
+
+
+def _motion_blur_draw(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    """``(B,)`` float64 directions in degrees."""
+    return torch.rand(x.shape[0], generator=generator, device=generator.device, dtype=torch.float64) * 90 - 45
+
+
+def _motion_blur_apply(x: Tensor, severity: int, angles: Tensor) -> Tensor:
     radius, sigma = MOTION_BLUR[severity - 1]
     s = size_scale(x)
-    angles = torch.rand(x.shape[0], generator=generator, device=generator.device, dtype=torch.float64) * 90 - 45
     return motion_blur_at(x, radius * s, sigma * s, angles).clamp(0, 1)
 
 
@@ -311,10 +343,19 @@ def plasma_fractal(batch: int, mapsize: int, decay: float, generator: torch.Gene
 def fog(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Add a plasma fractal (one per image, its map the next power of two of the longest side, so the
     same shape relative to the image at every size) and rescale by the image's maximum."""
-    strength, decay = FOG[severity - 1]
+    return _fog_apply(x, severity, _fog_draw(x, severity, generator))
+
+
+def _fog_draw(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    """``(B, M, M)`` plasma fractals, ``M`` the next power of two of the longest side."""
     b, _, h, w = x.shape
-    mapsize = max(2, 1 << (max(h, w) - 1).bit_length())
-    haze = plasma_fractal(b, mapsize, decay, generator)[:, None, :h, :w].to(x.device)
+    return plasma_fractal(b, max(2, 1 << (max(h, w) - 1).bit_length()), FOG[severity - 1][1], generator)
+
+
+def _fog_apply(x: Tensor, severity: int, fractal: Tensor) -> Tensor:
+    strength = FOG[severity - 1][0]
+    h, w = x.shape[-2:]
+    haze = fractal[:, None, :h, :w].to(x.device)
     peak = x.amax(dim=(1, 2, 3), keepdim=True)
     return ((x + strength * haze) * peak / (peak + strength)).clamp(0, 1)
 
@@ -434,8 +475,17 @@ def warp(x: Tensor, displacement: Tensor) -> Tensor:
 
 def elastic_transform(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Warp each image by its own smooth random displacement field (see :func:`_displacement`)."""
+    return _elastic_apply(x, severity, _elastic_draw(x, severity, generator))
+
+
+def _elastic_draw(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    """``(B, 2, H, W)`` displacements, computed on the generator's device."""
     b, _, h, w = x.shape
-    return warp(x, _displacement(b, h, w, ELASTIC[severity - 1], generator, x.device)).clamp(0, 1)
+    return _displacement(b, h, w, ELASTIC[severity - 1], generator, generator.device)
+
+
+def _elastic_apply(x: Tensor, severity: int, displacement: Tensor) -> Tensor:
+    return warp(x, displacement.to(x.device)).clamp(0, 1)
 
 
 def border_mean(x: Tensor) -> Tensor:
@@ -470,34 +520,40 @@ def scale(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
 # ---------------------------------------------------------------------------------------------- catalogue
 
 CorruptionFn = Callable[["Tensor", int, "torch.Generator"], "Tensor"]
+ApplyFn = Callable[["Tensor", int, "Tensor"], "Tensor"]
 
 
 @dataclass(frozen=True)
 class Corruption:
     """One corruption: ``fn(x, severity, generator)``, its ImageNet-C family, whether it draws random
-    numbers and whether it needs RGB input."""
+    numbers and whether it needs RGB input. A random one is ``apply(x, severity, draw(x, severity,
+    generator))``: ``draw`` makes the random field ``(B, ...)`` on the generator's device (from ``x``'s
+    shape; shot noise also reads its pixels, ``reads_pixels``), ``apply`` the batched rest on ``x``'s."""
 
     name: str
     family: str
     fn: CorruptionFn
     random: bool
     rgb_only: bool = False
+    draw: CorruptionFn | None = None
+    apply: ApplyFn | None = None
+    reads_pixels: bool = False
 
 
 CORRUPTIONS: dict[str, Corruption] = {
     c.name: c
     for c in (
-        Corruption("gaussian_noise", "noise", gaussian_noise, True),
-        Corruption("shot_noise", "noise", shot_noise, True),
-        Corruption("impulse_noise", "noise", impulse_noise, True),
+        Corruption("gaussian_noise", "noise", gaussian_noise, True, False, _gaussian_noise_draw, _gaussian_noise_apply),
+        Corruption("shot_noise", "noise", shot_noise, True, False, _shot_noise_draw, _clamp_apply, reads_pixels=True),
+        Corruption("impulse_noise", "noise", impulse_noise, True, False, _impulse_noise_draw, _impulse_noise_apply),
         Corruption("defocus_blur", "blur", defocus_blur, False),
         Corruption("gaussian_blur", "blur", gaussian_blur, False),
-        Corruption("motion_blur", "blur", motion_blur, True),
+        Corruption("motion_blur", "blur", motion_blur, True, False, _motion_blur_draw, _motion_blur_apply),
         Corruption("zoom_blur", "blur", zoom_blur, False),
-        Corruption("fog", "weather", fog, True),
+        Corruption("fog", "weather", fog, True, False, _fog_draw, _fog_apply),
         Corruption("brightness", "weather", brightness, False),
         Corruption("contrast", "digital", contrast, False),
-        Corruption("elastic_transform", "digital", elastic_transform, True),
+        Corruption("elastic_transform", "digital", elastic_transform, True, False, _elastic_draw, _elastic_apply),
         Corruption("pixelate", "digital", pixelate, False),
         Corruption("jpeg_compression", "digital", jpeg_compression, False),
         Corruption("saturate", "digital", saturate, False, rgb_only=True),
@@ -538,7 +594,8 @@ def corrupt(
     -> ``(B, C, H, W)`` float32 in ``[0, 1]`` on the same device, always computed in full precision (autocast
     off). Random corruptions need ``generator``: one for the batch, or one per image — then each image's
     corruption depends on its own generator alone, not on which images share its batch (what the check
-    uses, so results do not move with the batch size)."""
+    uses, so results do not move with the batch size). With one generator per image the random fields
+    are drawn image by image on the generators' device and the corruption is applied to the whole batch."""
     check_names([name])
     check_severities([severity])
     spec = CORRUPTIONS[name]
@@ -558,5 +615,10 @@ def corrupt(
             raise ConfigError(f"one generator per image: got {len(gens)} for {x.shape[0]} images")
         if not spec.random:
             return spec.fn(x.float(), severity, gens[0] if gens else torch.Generator()).float()
-        parts = [spec.fn(x[i : i + 1].float(), severity, g) for i, g in enumerate(gens)]
-        return (torch.cat(parts) if parts else x.float()).float()
+        if not gens:
+            return x.float()
+        if spec.draw is None or spec.apply is None:  # pragma: no cover - every random corruption has both
+            raise AssertionError(f"{name} is random but has no draw/apply pair")
+        src = x.float().to(gens[0].device) if spec.reads_pixels else x.float()
+        fields = torch.cat([spec.draw(src[i : i + 1], severity, g) for i, g in enumerate(gens)])
+        return spec.apply(x.float(), severity, fields).float()
