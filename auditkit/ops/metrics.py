@@ -92,19 +92,3 @@ def holm(p_values: ArrayLike) -> NDArray[np.float64]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out
-
-
-def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike, *, bins: int = 15) -> float:
-    """ECE: the sample-weighted mean gap between confidence and accuracy over equal-width bins."""
-    conf = np.asarray(confidence, dtype=float)
-    hit = np.asarray(correct, dtype=float)
-    if conf.size == 0:
-        return math.nan
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            total += mask.sum() * abs(hit[mask].mean() - conf[mask].mean())
-    return float(total / conf.size)

@@ -16,7 +16,8 @@ from auditkit.checks.subgroups import GroupStats, normalise_column, subgroup_sta
 from auditkit.cli import app
 from auditkit.engine.loop import Outcome
 from auditkit.inputs.data import ImageDataset
-from auditkit.ops.metrics import expected_calibration_error, holm
+from auditkit.ops.calibration import ece
+from auditkit.ops.metrics import holm
 
 CLASSES = ("cat", "dog", "emu")
 
@@ -187,8 +188,8 @@ def test_ece_by_hand() -> None:
     conf = np.array([0.95, 0.95, 0.55, 0.55])
     correct = np.array([1, 0, 1, 1])
     # bin (0.933,1]: acc 0.5 vs conf 0.95 -> 0.45 * 2/4; bin (0.533,0.6]: acc 1 vs 0.55 -> 0.45 * 2/4
-    assert expected_calibration_error(conf, correct) == pytest.approx(0.45)
-    assert expected_calibration_error(np.array([1.0, 1.0]), np.array([1, 1])) == 0.0
+    assert ece(conf, correct) == pytest.approx(0.45)
+    assert ece(np.array([1.0, 1.0]), np.array([1, 1])) == 0.0
 
 
 def test_normalise_column_missing_and_bins() -> None:
