@@ -273,8 +273,8 @@ class AttackSettings(Settings):
     )
     strength: Strength = setting(
         "standard",
-        "fast: PGD-20, a loose bound; standard: APGD-CE + APGD-T (AutoAttack's gradient attacks); "
-        "thorough: standard, 5 restarts, then Square.",
+        "fast: PGD-20, a loose bound; standard: APGD-CE + APGD-T on 3 targets (AutoAttack's gradient attacks); "
+        "thorough: 5 restarts, 9 targets, then Square.",
     )
     norm: Norm = setting("linf", "linf or l2.")
     epsilons: str | None = setting(None, "In [0,1] pixel units: a list or start:stop:step. [default: 0,1/255..16/255]")

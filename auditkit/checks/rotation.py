@@ -15,7 +15,7 @@ from pydantic import ValidationInfo, field_validator, model_validator
 
 from auditkit.checks.base import Check
 from auditkit.engine.loop import Engine, Outcome
-from auditkit.exceptions import ConfigError, NonFiniteOutputError
+from auditkit.exceptions import ConfigError
 from auditkit.inputs.data import ImageDataset
 from auditkit.inputs.images import to_data_uri
 from auditkit.ops.calibration import DEFAULT_BINS, ece
@@ -261,54 +261,6 @@ class RotationResult(CheckResult):
         return tuple(out)
 
 
-def _sweep_confidence(
-    model: nn.Module, data: ImageDataset, engine: Engine, perturb: Affine, params: Tensor, identity: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Predicted class ``(N, P)`` int64 and top-label probability ``(N, P)`` float32 of every sample
-    under every parameter row of ``params`` ``(P, D)``: :meth:`Engine.sweep` (same batching, progress
-    and refusal of non-finite logits), keeping the confidence too. Rows flagged in ``identity``
-    ``(P,)`` reuse the clean pass."""
-    n_params = int(params.shape[0])
-    clean = engine.predict(model, data)
-    todo = torch.nonzero(~identity).flatten()
-    preds = torch.empty(len(data), n_params, dtype=torch.int64)
-    conf = torch.empty(len(data), n_params, dtype=torch.float32)
-    preds[:, identity] = clean.pred.unsqueeze(1)
-    conf[:, identity] = clean.confidence.unsqueeze(1)
-    if len(todo) == 0:
-        return preds, conf
-    dev_params = params[todo].to(engine.device)
-
-    def run(b: Any) -> tuple[int, int, Tensor, Tensor]:
-        size = b.x.shape[0]
-        chunk = max(1, (engine.batch_size * engine.forward_factor) // size)
-        ps, cs = [], []
-        for start in range(0, len(todo), chunk):
-            p = dev_params[start : start + chunk]
-            c = p.shape[0]
-            xs = b.x.repeat(c, *([1] * (b.x.ndim - 1)))
-            logits = model(perturb(xs, p.repeat_interleave(size, dim=0))).float()
-            pred = logits.argmax(dim=1).masked_fill(~torch.isfinite(logits).all(dim=1), -1)
-            ps.append(pred.view(c, size).t().cpu())
-            cs.append(torch.softmax(logits, dim=1).max(dim=1).values.view(c, size).t().cpu())
-            b.report((start + c) / len(todo))
-        return b.start, b.stop, torch.cat(ps, dim=1), torch.cat(cs, dim=1)
-
-    # the engine's non-finite count over the whole pass, as in Engine.sweep (not the per-batch hook)
-    with engine.counting_nonfinite():
-        sweep = engine.map(run, data, description="rotation sweep", per_image=len(todo), unit="perturbed images")
-        for start, stop, p, c in sweep:
-            preds[start:stop, todo] = p
-            conf[start:stop, todo] = c
-    bad = preds < 0
-    if bool(bad.any()):  # never score a NaN logit as an answer
-        raise NonFiniteOutputError(
-            f"rotation sweep: the model returned NaN or infinite logits on {int(bad.sum())} perturbed inputs "
-            f"({int(bad.any(dim=1).sum())} of {len(data)} images)"
-        )
-    return preds, conf
-
-
 def _wrap(angle: float) -> float:
     """An angle in degrees mapped into (-180, 180]."""
     wrapped = ((angle + 180.0) % 360.0) - 180.0
@@ -422,7 +374,9 @@ class RotationSweep(Check):
         angles = torch.tensor(self.angles, dtype=torch.float64)
         params = rotations(angles)
         clean = engine.predict(model, data)
-        preds, confidence = _sweep_confidence(model, data, engine, perturb, params, Affine.is_identity(params))
+        preds, confidence = engine.sweep_scored(
+            model, data, perturb, params, description="rotation sweep", identity=Affine.is_identity(params)
+        )
         labels = data.labels
         correct = preds == labels.unsqueeze(1)
         k_classes = data.num_classes

@@ -484,42 +484,59 @@ class Engine:
         the perturbed images the model sees (images x parameter rows not flagged), moving after each
         forward pass.
         """
+        return self.sweep_scored(model, data, perturbation, params, description=description, identity=identity)[0]
+
+    def sweep_scored(
+        self,
+        model: nn.Module,
+        data: ImageDataset,
+        perturbation: Callable[[Tensor, Tensor], Tensor],
+        params: Tensor,
+        *,
+        description: str,
+        identity: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """As :meth:`sweep`, and the top-label probability: ``(N, P)`` int64 and ``(N, P)`` float32."""
         n_params = int(params.shape[0])
         clean = self.predict(model, data)
         same = identity if identity is not None else torch.zeros(n_params, dtype=torch.bool)
         todo = torch.nonzero(~same).flatten()
         out = torch.empty(len(data), n_params, dtype=torch.int64)
+        conf = torch.empty(len(data), n_params, dtype=torch.float32)
         out[:, same] = clean.pred.unsqueeze(1)
+        conf[:, same] = clean.confidence.float().unsqueeze(1)
         if len(todo) == 0:
-            return out
+            return out, conf
         dev_params = params[todo].to(self.device)
 
-        def run(b: Batch) -> tuple[int, int, Tensor]:
+        def run(b: Batch) -> tuple[int, int, Tensor, Tensor]:
             size = b.x.shape[0]
             chunk = max(1, (self.batch_size * self.forward_factor) // size)
-            preds = []
+            preds, confs = [], []
             for start in range(0, len(todo), chunk):
                 p = dev_params[start : start + chunk]
                 c = p.shape[0]
                 # parameter-major layout: rows [p0 x B, p1 x B, ...] so a perturbation can share work per row
                 xs = b.x.repeat(c, *([1] * (b.x.ndim - 1)))
-                logits = model(perturbation(xs, p.repeat_interleave(size, dim=0)))
+                logits = model(perturbation(xs, p.repeat_interleave(size, dim=0))).float()
                 pred = logits.argmax(dim=1).masked_fill(~torch.isfinite(logits).all(dim=1), -1)
                 preds.append(pred.view(c, size).t().cpu())
+                confs.append(torch.softmax(logits, dim=1).max(dim=1).values.view(c, size).t().cpu())
                 b.report((start + c) / len(todo))
-            return b.start, b.stop, torch.cat(preds, dim=1)
+            return b.start, b.stop, torch.cat(preds, dim=1), torch.cat(confs, dim=1)
 
         with eval_mode(model), self.counting_nonfinite():
             sweep = self.map(run, data, description=description, per_image=len(todo), unit="perturbed images")
-            for start, stop, preds in sweep:
+            for start, stop, preds, confs in sweep:
                 out[start:stop, todo] = preds
+                conf[start:stop, todo] = confs
         bad = out < 0
         if bool(bad.any()):  # never score a NaN logit as an answer
             raise NonFiniteOutputError(
                 f"{description}: the model returned NaN or infinite logits on {int(bad.sum())} perturbed inputs "
                 f"({int(bad.any(dim=1).sum())} of {len(data)} images)"
             )
-        return out
+        return out, conf
 
     def predict(self, model: nn.Module, data: ImageDataset) -> Predictions:
         """The clean forward pass over ``data``, computed once per (model, data) and cached."""
