@@ -166,35 +166,19 @@ def small_digits_cnn(n_images: int) -> tuple[nn.Module, Tensor, Tensor]:
     """A narrow digits CNN trained for 4 epochs on the embedded digits (seeded), in eval mode, and the
     first ``n_images`` test images ``(n, 1, 28, 28)`` in ``[0, 1]`` with their labels: the attack ops'
     reference-test model."""
-    from torch.nn import functional as F
-
-    from auditkit.inputs.data import digits_split
-
-    split = digits_split(0)
-    xtr = torch.from_numpy(split["train"]["x"]).float() / 255
-    ytr = torch.from_numpy(split["train"]["y"])
-    torch.manual_seed(0)
-    net = digits_cnn(width=8)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        perm = torch.randperm(len(ytr), generator=gen)
-        for i in range(0, len(ytr), 64):
-            b = perm[i : i + 64]
-            opt.zero_grad()
-            F.cross_entropy(net(xtr[b]), ytr[b]).backward()
-            opt.step()
-    net.eval()
-    opt.zero_grad(set_to_none=True)
-    x = torch.from_numpy(split["test"]["x"][:n_images]).float() / 255
-    y = torch.from_numpy(split["test"]["y"][:n_images])
-    return net, x, y
+    return _trained_digits_cnn(n_images, epochs=4, pgd_eps=None)
 
 
 def adversarial_digits_cnn(n_images: int) -> tuple[nn.Module, Tensor, Tensor]:
     """The narrow digits CNN trained adversarially (Madry et al.: PGD-5, Linf eps 0.1, 8 epochs, seeded;
     about 13 s on one CPU), in eval mode, and the first ``n_images`` test images and labels: the
     adversarially trained model of the attack reference tests (89% clean on the first 100)."""
+    return _trained_digits_cnn(n_images, epochs=8, pgd_eps=0.1)
+
+
+def _trained_digits_cnn(n_images: int, *, epochs: int, pgd_eps: float | None) -> tuple[nn.Module, Tensor, Tensor]:
+    """``digits_cnn(width=8)`` trained with Adam (lr 3e-3, batches of 64, seed 0) on the embedded digits'
+    training split, on PGD-5 Linf ``pgd_eps`` examples when given; in eval mode, with the test images."""
     from torch.nn import functional as F
 
     from auditkit.inputs.data import digits_split
@@ -208,15 +192,17 @@ def adversarial_digits_cnn(n_images: int) -> tuple[nn.Module, Tensor, Tensor]:
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     pgd = PGD(norm="linf", steps=5)
-    for _ in range(8):
+    for _ in range(epochs):
         perm = torch.randperm(len(ytr), generator=gen)
         for i in range(0, len(ytr), 64):
             b = perm[i : i + 64]
-            net.eval()
-            adv, _ = pgd(net, xtr[b], ytr[b], 0.1, generator=gen)
-            net.train()
+            inputs = xtr[b]
+            if pgd_eps is not None:
+                net.eval()
+                inputs = pgd(net, inputs, ytr[b], pgd_eps, generator=gen)[0].detach()
+                net.train()
             opt.zero_grad()
-            F.cross_entropy(net(adv.detach()), ytr[b]).backward()
+            F.cross_entropy(net(inputs), ytr[b]).backward()
             opt.step()
     net.eval()
     opt.zero_grad(set_to_none=True)
