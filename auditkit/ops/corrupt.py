@@ -16,7 +16,7 @@ Size: the tables are defined for 224 px images. With ``s = min(H, W) / 224``:
 At 224 px every corruption uses the reference parameters exactly. Randomness comes only from the
 ``torch.Generator`` passed in (drawn on its device, the CPU for :meth:`Batch.generator`, then moved to
 ``x``'s device), so an output depends only on the input, the severity and the generator's state.
-Every op is batched; only ``jpeg_compression`` encodes image by image (torchvision's libjpeg, on the CPU).
+Every op is batched; only ``jpeg_compression`` encodes image by image (Pillow's libjpeg, on the CPU).
 """
 
 from __future__ import annotations
@@ -425,13 +425,22 @@ def pixelate(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
 
 
 def jpeg_compression(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """Encode as JPEG at the table's quality and decode (torchvision's libjpeg; each image on the CPU)."""
-    from torchvision.io import decode_jpeg, encode_jpeg
+    """Encode as JPEG at the table's quality and decode, with Pillow as ImageNet-C does (libjpeg; each
+    image on the CPU; grey images as 8-bit greyscale JPEGs)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
 
     quality = JPEG_QUALITY[severity - 1]
-    pixels = (x.detach().float() * 255).round().clamp(0, 255).to(torch.uint8).cpu()
-    decoded = decode_jpeg(encode_jpeg(list(pixels.unbind(0)), quality=quality))
-    return (torch.stack(list(decoded)).to(x.device).float() / 255).to(x.dtype)
+    pixels = (x.detach().float() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "JPEG", quality=quality)
+        decoded = np.asarray(Image.open(buffer), dtype=np.uint8)
+        out.append(decoded.reshape(image.shape))
+    return (torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(x.device).float() / 255).to(x.dtype)
 
 
 def _displacement(b: int, h: int, w: int, alpha: float, generator: torch.Generator, device: torch.device) -> Tensor:
