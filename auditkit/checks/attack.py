@@ -21,6 +21,7 @@ again. ``fgsm`` and ``foolbox:<Name>`` run a single attack through the same curv
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Iterable
@@ -413,7 +414,7 @@ class AdversarialAttack(Check):
                 targeted=targeted,
             )
         )
-        self.square_only = False  # set per run: thorough on a model without gradient signal
+        self.square_only = False  # True only on a run's copy: thorough on a model without gradient signal
         self.square = Square(norm=norm, queries=square_queries)
         self.sanity_samples = sanity_samples
         self.examples = examples
@@ -527,7 +528,10 @@ class AdversarialAttack(Check):
         sanity = data.take(idx)
         probes = _concat(engine.map(lambda b: _probe(model, b), sanity, description="soundness probes", grad=True), 6)
         signal = _gradient_signal(probes[5])
-        self.square_only = not signal.passed and self.strength == "thorough"
+        if not signal.passed and self.strength == "thorough" and not self.square_only:
+            blind = copy.copy(self)  # this run's attack is Square alone; the check itself stays as configured
+            blind.square_only = True
+            return blind._run(model, data, engine)
         if not signal.passed and not self.attack.startswith("foolbox:") and not self.square_only:
             return self._result(clean, data, (), (signal,), ())
         foolbox = self.attack.startswith("foolbox:")

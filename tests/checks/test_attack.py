@@ -348,6 +348,9 @@ def test_thorough_runs_square_alone_on_a_model_without_gradients(demo_model: Loa
     texts = [f.text for f in result.findings(Conditions())]
     assert any("Square attack alone" in t for t in texts)
     assert not any("may be wrong" in t for t in texts)
+    assert not check.square_only  # the run's fallback stays in the run: the check is reusable as configured
+    again = check.run(demo_model.model.eval(), data, engine=engine())
+    assert isinstance(again, AttackResult) and again.attack.startswith("APGD-CE + APGD-T + Square Linf")
 
 
 def test_thorough_adds_restarts_and_square_and_breaks_at_least_what_standard_breaks(
