@@ -13,7 +13,8 @@ parameter-free attacks", ICML 2020 (arXiv:2003.01690), Section 3 / Algorithm 1:
 - losses: cross-entropy, the Difference of Logits Ratio (DLR) and its targeted version (APGD-T), whose
   targets are, in turn, the 2nd, 3rd, ... ``n_targets + 1``-th largest clean logits; beside the paper's,
   the logit margin ``max_{i != y} z_i - z_y`` (Carlini & Wagner's loss). A targeted run may also be given
-  one target per sample; targeted CE is ``-CE(z, t)`` and the targeted margin ``z_t - max_{i != t} z_i``.
+  one target per sample, or several (attacked in turn); targeted CE is ``-CE(z, t)`` and the targeted
+  margin ``z_t - max_{i != t} z_i``.
 
 A sample is done as soon as it is misclassified (it keeps that image). Restarts start at a random point
 of the ball's boundary and only attack samples not broken yet. ``success`` is always the untargeted
